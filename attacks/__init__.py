@@ -1,0 +1,25 @@
+"""Adversarial attacks on any module mapping images in [0, 1] to logits or features.
+
+Nothing here knows about CLIP: normalization, text heads and logit scales live inside the
+attacked module. Attacks run in fp32 with the model in eval mode, sum their losses over the
+batch, restore the model's train/eval flags and never touch the caller's global RNG.
+"""
+
+from .autoattack import VERSIONS, AttackResult, autoattack
+from .eps import parse_eps
+from .inverse import inverse_adversarial
+from .objectives import OBJECTIVES, cross_entropy, feature_distance, kl_divergence
+from .pgd import pgd
+
+__all__ = [
+    "OBJECTIVES",
+    "VERSIONS",
+    "AttackResult",
+    "autoattack",
+    "cross_entropy",
+    "feature_distance",
+    "inverse_adversarial",
+    "kl_divergence",
+    "parse_eps",
+    "pgd",
+]

@@ -1,0 +1,82 @@
+"""Turning ``--suite`` / ``--dataset`` arguments into registry ``Benchmark`` entries.
+
+The embedded world's tasks are registered here at run time from ``HOME/world/world.json``
+(their class names and templates travel with the world, not with the code).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from robust_w2s.data import class_names, load_image_dataset
+from robust_w2s.errors import UserError
+from robust_w2s.home import resolve_home
+
+from .registry import Benchmark, get_benchmark, register, suite_benchmarks, SUITES
+
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+def world_record(home: str | os.PathLike | None = None) -> dict:
+    """The embedded world's record (``world.json``); one-line error if it is not built."""
+    path = resolve_home(home) / "world" / "world.json"
+    if not path.is_file():
+        raise UserError(f"the embedded world is not built under {path.parent}: run `robust-w2s pretrain`")
+    return json.loads(path.read_text())
+
+
+def register_embedded(home: str | os.PathLike | None = None) -> list[Benchmark]:
+    """Register ``embedded/<task>`` for every task of the world and the ``embedded`` suite."""
+    record = world_record(home)
+    benchmarks = [Benchmark(name=f"embedded/{task}", source=f"embedded:{task}", split="test",
+                            classnames=tuple(record["classnames"][task]),
+                            templates=tuple(record["templates"][task]))
+                  for task in record["tasks"]]
+    for benchmark in benchmarks:
+        register(benchmark)
+    SUITES["embedded"] = tuple(b.name for b in benchmarks)
+    return benchmarks
+
+
+def resolve(suite: str | None = None, dataset: str | None = None, home=None,
+            classnames_file: str | None = None) -> list[Benchmark]:
+    """The benchmarks named by exactly one of ``suite`` or ``dataset`` (DESIGN.md section 8)."""
+    if (suite is None) == (dataset is None):
+        raise UserError("give exactly one of --suite or --dataset")
+    if suite == "embedded" or (dataset or "").startswith("embedded/"):
+        register_embedded(home)
+    if suite is not None:
+        return _checked(lambda: suite_benchmarks(suite))
+    if dataset.startswith(("hf:", "local:")):
+        return [_adhoc_benchmark(dataset, home, classnames_file)]
+    benchmark = _checked(lambda: get_benchmark(dataset))
+    if classnames_file:
+        benchmark = Benchmark(**{**benchmark.__dict__, "classnames": _read_classnames(classnames_file)})
+    return [benchmark]
+
+
+def _checked(lookup):
+    try:
+        return lookup()
+    except (KeyError, ValueError) as error:
+        raise UserError(str(error).strip("'\"")) from None
+
+
+def _read_classnames(path: str) -> tuple[str, ...]:
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"class names file not found: {file}")
+    names = tuple(line.strip() for line in file.read_text().splitlines() if line.strip())
+    if not names:
+        raise UserError(f"class names file is empty: {file}")
+    return names
+
+
+def _adhoc_benchmark(spec: str, home, classnames_file: str | None) -> Benchmark:
+    """A dataset given by path or hub id: class names from its ClassLabel unless a file is given."""
+    if classnames_file:
+        names = _read_classnames(classnames_file)
+    else:
+        names = tuple(class_names(load_image_dataset(spec, home=home)))
+    return Benchmark(name=spec, source=spec, split="test", classnames=names, templates=DEFAULT_TEMPLATES)

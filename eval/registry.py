@@ -1,0 +1,225 @@
+"""Benchmark, suite and protocol registry of the zero-shot evaluation suite.
+
+A benchmark is data, not a code path (STYLE.md, point 6): where its images come from, which split
+and columns to read, and the class names and prompt templates of its zero-shot head. Class names
+and templates follow the OpenAI CLIP paper's published prompt lists (CLIP ``data/prompts.md``),
+re-ordered where needed to the label order of the chosen dataset; they live as data in
+``eval/metadata/``. ImageNet's come from ``open_clip.zero_shot_metadata`` so they are not duplicated.
+
+Importing this module reads only local files; nothing touches the network.
+
+Example::
+
+    >>> from eval.registry import get_benchmark, suite_benchmarks, get_protocol
+    >>> get_benchmark("cifar10").classnames[:2]
+    ('airplane', 'automobile')
+    >>> len(suite_benchmarks("paper14")), get_protocol("fare").eps
+    (14, (0.00784313725490196, 0.01568627450980392))
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+
+__all__ = [
+    "ATTACKS", "BENCHMARKS", "PROTOCOLS", "SUITES", "Benchmark", "Protocol", "UnknownNameError",
+    "get_benchmark", "get_protocol", "register", "suite_benchmarks",
+]
+
+SOURCE_KINDS = ("hf:", "local:", "embedded:")
+ATTACKS = ("pgd", "apgd", "autoattack")  # the names `robust-w2s eval --attack` accepts
+_METADATA = Path(__file__).with_name("metadata")
+
+
+class UnknownNameError(KeyError, ValueError):
+    """An unknown registry key. Both a KeyError (mapping lookup) and a ValueError (bad input, CLI
+    exit code 2), with a one-line message that names the key and the closest valid ones."""
+
+    def __str__(self) -> str:  # KeyError would otherwise print the message quoted, repr-style
+        return str(self.args[0])
+
+
+def _unknown(kind: str, name: str, valid) -> UnknownNameError:
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    hint = f"did you mean: {', '.join(close)}?" if close else f"valid: {', '.join(valid)}"
+    return UnknownNameError(f"unknown {kind} {name!r}; {hint}")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One zero-shot classification benchmark.
+
+    ``classnames[k]`` is the name of label ``k`` of ``label_column``; ``templates`` are prompts with
+    one ``{}`` for the class name. The text head averages the normalized text embeddings of all
+    templates per class (DESIGN.md section 3).
+    """
+
+    name: str  # registry key, e.g. "cifar10", "imagenet", "embedded/shape"
+    source: str  # "hf:<hub id>[:<config>]", "local:<path>" or "embedded:<task>"
+    split: str  # the evaluation split, e.g. "test" / "validation"
+    classnames: tuple[str, ...]  # zero-shot class names in label-index order
+    templates: tuple[str, ...]  # prompt templates, each with exactly one "{}"
+    image_column: str = "image"  # column holding the (PIL) image
+    label_column: str = "label"  # column holding the integer label
+
+    def __post_init__(self):
+        # Accept lists (JSON, YAML) but store tuples, so entries stay hashable and immutable.
+        object.__setattr__(self, "classnames", tuple(self.classnames))
+        object.__setattr__(self, "templates", tuple(self.templates))
+        # Fail at registration, not hours into a run: a broken entry is an input error.
+        if not self.source.startswith(SOURCE_KINDS):
+            raise ValueError(f"benchmark {self.name!r}: source {self.source!r} must start with "
+                             f"one of {SOURCE_KINDS}")
+        if not self.classnames or len(set(self.classnames)) != len(self.classnames):
+            raise ValueError(f"benchmark {self.name!r}: class names must be non-empty and unique")
+        if not self.templates:
+            raise ValueError(f"benchmark {self.name!r}: needs at least one template")
+        for t in self.templates:
+            rest = t.replace("{}", "", 1)
+            if t.count("{}") != 1 or "{" in rest or "}" in rest:  # a stray brace breaks str.format
+                raise ValueError(f"benchmark {self.name!r}: template {t!r} must contain exactly one '{{}}'")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """An attack protocol: which attacks, at which L-inf radii (pixels in [0,1]), on how many samples."""
+
+    name: str
+    eps: tuple[float, ...]  # L-inf radii in [0,1] pixel units
+    attacks: tuple[str, ...]  # names among ATTACKS
+    pgd_steps: int  # iterations of each gradient attack (PGD-k; APGD's budget for "autoattack")
+    n_samples: int | None  # size of a random subset of the split drawn with `seed`; None = all of it
+    seed: int  # seed of the subset and of attack restarts
+
+    def __post_init__(self):
+        object.__setattr__(self, "eps", tuple(float(e) for e in self.eps))
+        object.__setattr__(self, "attacks", tuple(self.attacks))
+        bad = [a for a in self.attacks if a not in ATTACKS]
+        if bad or not self.attacks:
+            raise ValueError(f"protocol {self.name!r}: attacks must be among {ATTACKS}, got {self.attacks}")
+        if not self.eps or not all(0.0 < e <= 1.0 for e in self.eps):
+            raise ValueError(f"protocol {self.name!r}: eps must be in (0, 1] pixel units, got {self.eps}")
+
+
+def _load(filename: str):
+    with open(_METADATA / filename, encoding="utf-8") as f:
+        return json.load(f)
+
+
+_CLASSNAMES = _load("classnames.json")
+_TEMPLATES = _load("templates.json")
+# The OpenAI ImageNet names repeat "missile" (657, 744) and "sunglasses" (836, 837): identical head
+# rows make classes 744 and 837 unpredictable (argmax ties go to the lower index). We rename one of
+# each pair after its own WordNet lemma (n04008634 "projectile", n04355933 "sunglass").
+_RENAMED = {744: "projectile", 836: "sunglass"}
+_IMAGENET_NAMES = tuple(_RENAMED.get(i, c) for i, c in enumerate(IMAGENET_CLASSNAMES))
+# open_clip stores the 80 OpenAI ImageNet prompts as callables; "{}" round-trips them to strings.
+_IMAGENET_TEMPLATES = tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+# ImageNet-R covers 200 of the 1000 classes; label k of ImageNet-R is ImageNet class _IMAGENET_R[k]
+# (both are ordered by WordNet id). Indices from github.com/hendrycks/imagenet-r.
+_IMAGENET_R = tuple(_load("imagenet_r_indices.json"))
+
+
+def _meta(name: str, source: str, split: str, image: str = "image", label: str = "label") -> Benchmark:
+    """A benchmark whose class names and templates are stored in eval/metadata/ under `name`."""
+    return Benchmark(name, source, split, _CLASSNAMES[name], _TEMPLATES[name], image, label)
+
+
+# HF ids were checked against their dataset cards (columns, split names, ClassLabel order) except
+# where marked "# unverified". Note that `datasets` >= 4 no longer runs loading scripts, which rules
+# out several canonical repos (e.g. songweig/imagenet_sketch, nateraw/country211).
+_ENTRIES = (
+    # Gated: accept the ImageNet terms on the Hub first. Labels follow the standard synset order.
+    Benchmark("imagenet", "hf:ILSVRC/imagenet-1k", "validation", _IMAGENET_NAMES, _IMAGENET_TEMPLATES),
+    # Labels are WordNet-id strings, not ints: a loader maps sorted(wnids)[k] -> k (= _IMAGENET_R order).
+    Benchmark("imagenet-r", "hf:axiong/imagenet-r:test", "test",
+              tuple(_IMAGENET_NAMES[i] for i in _IMAGENET_R), _IMAGENET_TEMPLATES, label_column="wnid"),
+    # unverified: webdataset repo (datasets yields image key "webp" and int "cls"); the image key is a guess.
+    Benchmark("imagenet-sketch", "hf:clip-benchmark/wds_imagenet_sketch", "test", _IMAGENET_NAMES,
+              _IMAGENET_TEMPLATES, image_column="webp", label_column="cls"),
+    _meta("cifar10", "hf:uoft-cs/cifar10", "test", image="img"),
+    _meta("cifar100", "hf:uoft-cs/cifar100", "test", image="img", label="fine_label"),
+    _meta("stl10", "hf:tanganke/stl10", "test"),
+    # 102 classes: the 101 categories plus BACKGROUND_Google, in sorted folder order (as CLIP's list).
+    _meta("caltech101", "hf:Donghyun99/Caltech-101", "test"),
+    # unverified: columns and label order (assumed 001.ak47 ... 257.clutter). No CLIP list exists for
+    # Caltech-256: names come from the folder names, templates are CLIP's Caltech101 ones.
+    _meta("caltech256", "hf:ilee0022/Caltech-256", "test"),
+    _meta("oxford-pets", "hf:timm/oxford-iiit-pet", "test"),
+    _meta("flowers102", "hf:dpdl-benchmark/oxford_flowers102", "test"),
+    # unverified: split name; columns (image, int label 0-99 in variants.txt order) checked in the viewer.
+    _meta("fgvc-aircraft", "hf:treeleaves30760/fgvc-aircraft-variants", "test"),
+    _meta("stanford-cars", "hf:tanganke/stanford_cars", "test"),
+    # unverified: the Hub viewer reports 287 ClassLabel names for this repo; check there are 397.
+    _meta("sun397", "hf:tanganke/sun397", "test"),
+    # unverified: webdataset repo, image key assumed "webp"; "cls" follows CLIP's (ISO-code) order.
+    _meta("country211", "hf:clip-benchmark/wds_country211", "test", image="webp", label="cls"),
+    _meta("food101", "hf:ethz/food101", "validation"),
+    _meta("eurosat", "hf:timm/eurosat-rgb", "test"),
+    _meta("dtd", "hf:tanganke/dtd", "test"),
+    # Label is a bool (True = metastatic tissue), i.e. 0/1 in CLIP's class order.
+    _meta("pcam", "hf:1aurent/PatchCamelyon", "test"),
+)
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in _ENTRIES}
+
+SUITES: dict[str, tuple[str, ...]] = {
+    # Adv-W2S's 14 zero-shot datasets (the FARE / RobustVLM evaluation set).
+    "paper14": ("imagenet", "caltech101", "stanford-cars", "cifar10", "cifar100", "dtd", "eurosat",
+                "fgvc-aircraft", "flowers102", "imagenet-r", "imagenet-sketch", "pcam", "oxford-pets",
+                "stl10"),
+    # TeCoA's ImageNet + 15 zero-shot datasets (Mao et al., ICLR 2023): its evaluation list minus
+    # HatefulMemes, as in the 16-dataset list of TTC (CVPR 2025), which is built on TeCoA's code.
+    "tecoa16": ("cifar10", "cifar100", "stl10", "imagenet", "caltech101", "caltech256", "oxford-pets",
+                "flowers102", "fgvc-aircraft", "stanford-cars", "sun397", "country211", "food101", "eurosat",
+                "dtd", "pcam"),
+}
+
+PROTOCOLS: dict[str, Protocol] = {
+    # TeCoA: PGD at eps = 1/255 on full test sets; 10 steps, as follow-ups that reuse its code (TTC) do.
+    "tecoa": Protocol("tecoa", (1 / 255,), ("pgd",), pgd_steps=10, n_samples=None, seed=0),
+    # FARE (Schlarmann et al., ICML 2024): APGD-CE + APGD-T at 2/255 and 4/255 on 1000 samples.
+    "fare": Protocol("fare", (2 / 255, 4 / 255), ("apgd",), pgd_steps=10, n_samples=1000, seed=0),
+    # Adv-W2S's headline numbers: standard AutoAttack (APGD 100 it., FAB-T, Square) at 2/255.
+    "autoattack": Protocol("autoattack", (2 / 255,), ("autoattack",), pgd_steps=100, n_samples=1000, seed=0),
+}
+
+
+def register(benchmark: Benchmark) -> None:
+    """Add `benchmark` to BENCHMARKS, replacing any entry of the same name.
+
+    Used at runtime for tasks that exist only then, e.g. the embedded world's
+    ``register(Benchmark("embedded/shape", "embedded:shape", "test", names, templates))``.
+    """
+    if not isinstance(benchmark, Benchmark):
+        raise TypeError(f"register() expects a Benchmark, got {type(benchmark).__name__}")
+    BENCHMARKS[benchmark.name] = benchmark
+
+
+def get_benchmark(name: str) -> Benchmark:
+    """The registered benchmark `name`; an UnknownNameError suggesting close names otherwise."""
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise _unknown("benchmark", name, BENCHMARKS) from None
+
+
+def suite_benchmarks(name: str) -> list[Benchmark]:
+    """The benchmarks of suite `name`, in suite order; an UnknownNameError listing the suites otherwise."""
+    if name not in SUITES:
+        valid = sorted(SUITES)
+        raise UnknownNameError(f"unknown suite {name!r}; valid suites: {', '.join(valid)}")
+    return [get_benchmark(b) for b in SUITES[name]]
+
+
+def get_protocol(name: str) -> Protocol:
+    """The attack protocol `name` (tecoa, fare, autoattack); an UnknownNameError otherwise."""
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        raise _unknown("protocol", name, PROTOCOLS) from None

@@ -1,0 +1,102 @@
+"""Checkpoint folders that plain open_clip loads: ``open_clip_model.safetensors`` plus
+``open_clip_config.json`` (``{"model_cfg": ..., "preprocess_cfg": ...}``), written atomically."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import open_clip
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import UserError
+
+WEIGHTS_FILE = "open_clip_model.safetensors"
+CONFIG_FILE = "open_clip_config.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_cfg: dict | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write ``model`` as a checkpoint folder at ``path``, replacing any folder there atomically.
+
+    ``model_cfg`` defaults to the config the model was created from (``model.rw2s_model_cfg``,
+    set by :func:`robust_w2s.load_model`). ``extra`` is stored beside it in the config JSON
+    (e.g. how the model was trained). Returns the folder path.
+    """
+    path = Path(path)
+    model_cfg = model_cfg or getattr(model, "rw2s_model_cfg", None)
+    if model_cfg is None:
+        raise ValueError("save_checkpoint needs the model's open_clip config (model_cfg=...)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, staging / WEIGHTS_FILE)
+        config = {"model_cfg": model_cfg, "preprocess_cfg": open_clip.get_model_preprocess_cfg(model)}
+        if extra:
+            config["robust_w2s"] = extra
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        for file in staging.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        # A folder cannot be renamed over a non-empty one: move the old one aside first, so
+        # that at every instant either the old or the new checkpoint is complete at ``path``.
+        previous = path.with_name(f".{path.name}.old")
+        if path.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(path, previous)
+        os.replace(staging, path)
+        _fsync_dir(path.parent)
+        shutil.rmtree(previous, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict:
+    """The parsed ``open_clip_config.json`` of a checkpoint folder, with one-line errors."""
+    path = Path(path)
+    config_file = path / CONFIG_FILE
+    if not path.is_dir():
+        raise UserError(f"checkpoint folder not found: {path}")
+    if not config_file.is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise UserError(f"{path} is not a checkpoint folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        config = json.loads(config_file.read_text())
+        config["model_cfg"]["vision_cfg"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{config_file}: not a valid open_clip config ({error!r})") from None
+    return config
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load safetensors weights into ``model``; a mismatched architecture is a one-line error."""
+    path = Path(path)
+    try:
+        state = load_file(path)
+    except Exception as error:  # safetensors raises several types for truncated/corrupt files
+        raise UserError(f"{path}: unreadable safetensors file ({error})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        first = (missing or unexpected or mismatched)[0]
+        raise UserError(f"{path} does not match the model's architecture: {len(missing)} missing, "
+                        f"{len(unexpected)} unexpected, {len(mismatched)} mis-shaped tensors "
+                        f"(first: {first})")
+    with torch.no_grad():
+        model.load_state_dict(state)

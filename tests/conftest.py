@@ -1,0 +1,36 @@
+"""Shared fixtures: a tiny embedded world built once per test session (about half a minute)."""
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+
+from robust_w2s.world.build import PretrainSettings, RobustSettings, WorldConfig, build_world
+
+TINY_WORLD = WorldConfig(
+    seed=0, test_size=48, alignment_size=128, robust_check_size=16,
+    weak=PretrainSettings("rw2s-weak", "weak", corpus_size=512, steps=8, batch_size=64, warmup=2),
+    strong=PretrainSettings("rw2s-strong", "strong", corpus_size=512, steps=8, batch_size=64, warmup=2),
+    robust=RobustSettings(steps=3, batch_size=32, pgd_steps=2),
+)
+
+TINY_CONFIG = {"embed_dim": 16,
+               "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+               "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="session")
+def world_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("rw2s_home")
+    build_world(home, TINY_WORLD)
+    return home
+
+
+@pytest.fixture
+def tiny_model():
+    """A random tiny open_clip CLIP (16x16 images) with its config and tokenizer."""
+    torch.manual_seed(0)
+    open_clip.factory._MODEL_CONFIGS["rw2s-test-tiny"] = TINY_CONFIG
+    model = open_clip.create_model("rw2s-test-tiny").eval()
+    model.rw2s_model_cfg = TINY_CONFIG
+    return model, open_clip.get_tokenizer("rw2s-test-tiny")

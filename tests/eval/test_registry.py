@@ -1,0 +1,177 @@
+"""Tests of eval.registry: suites, class names, templates, protocols and error messages.
+
+Offline and CPU-only; the zero-shot head test uses a tiny random open_clip model (a few seconds).
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from eval import registry
+from eval.registry import (
+    BENCHMARKS, PROTOCOLS, SUITES, Benchmark, Protocol, UnknownNameError,
+    get_benchmark, get_protocol, register, suite_benchmarks,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+PAPER14 = {"imagenet", "caltech101", "stanford-cars", "cifar10", "cifar100", "dtd", "eurosat", "fgvc-aircraft",
+           "flowers102", "imagenet-r", "imagenet-sketch", "pcam", "oxford-pets", "stl10"}
+TECOA16 = {"imagenet", "cifar10", "cifar100", "stl10", "caltech101", "caltech256", "oxford-pets", "flowers102",
+           "fgvc-aircraft", "stanford-cars", "sun397", "country211", "food101", "eurosat", "dtd", "pcam"}
+
+# Number of classes of each dataset's label column. Caltech101 counts 102: the chosen HF dataset
+# (Donghyun99/Caltech-101) keeps the BACKGROUND_Google class, as CLIP's Caltech101 list does.
+NUM_CLASSES = {
+    "imagenet": 1000, "imagenet-r": 200, "imagenet-sketch": 1000, "cifar10": 10, "cifar100": 100, "stl10": 10,
+    "caltech101": 102, "caltech256": 257, "oxford-pets": 37, "flowers102": 102, "fgvc-aircraft": 100,
+    "stanford-cars": 196, "sun397": 397, "country211": 211, "food101": 101, "eurosat": 10, "dtd": 47, "pcam": 2,
+}
+
+
+def test_suites_have_the_published_datasets():
+    assert set(SUITES["paper14"]) == PAPER14 and len(SUITES["paper14"]) == 14
+    assert set(SUITES["tecoa16"]) == TECOA16 and len(SUITES["tecoa16"]) == 16
+    for suite in ("paper14", "tecoa16"):
+        benchmarks = suite_benchmarks(suite)
+        assert [b.name for b in benchmarks] == list(SUITES[suite])
+        assert all(name in BENCHMARKS for name in SUITES[suite])
+
+
+def test_every_benchmark_has_its_class_count():
+    assert set(BENCHMARKS) >= set(NUM_CLASSES)
+    for name, n in NUM_CLASSES.items():
+        assert len(get_benchmark(name).classnames) == n, name
+
+
+@pytest.mark.parametrize("name", sorted(NUM_CLASSES))
+def test_class_names_and_templates_are_well_formed(name):
+    b = get_benchmark(name)
+    assert b.name == name
+    assert b.source.startswith(("hf:", "local:", "embedded:"))
+    assert b.split and b.image_column and b.label_column
+    assert len(set(b.classnames)) == len(b.classnames), "duplicated class names"
+    assert all(isinstance(c, str) and c.strip() == c and c for c in b.classnames)
+    assert b.templates
+    for t in b.templates:
+        assert t.count("{}") == 1, t
+        prompt = t.format("CLASSNAME")
+        assert "CLASSNAME" in prompt and "{" not in prompt and "}" not in prompt
+
+
+def test_label_orders_follow_the_chosen_datasets():
+    # Spot checks of orders that differ from CLIP's lists or are easy to get wrong.
+    imagenet = get_benchmark("imagenet").classnames
+    imagenet_r = get_benchmark("imagenet-r").classnames
+    indices = json.loads((REPO / "eval/metadata/imagenet_r_indices.json").read_text())
+    assert indices == sorted(set(indices)) and len(indices) == 200 and 0 <= indices[0] and indices[-1] < 1000
+    assert imagenet_r == tuple(imagenet[i] for i in indices)
+    assert get_benchmark("imagenet-sketch").classnames == imagenet
+    assert get_benchmark("eurosat").classnames[:3] == ("annual crop land", "forest", "brushland or shrubland")
+    assert get_benchmark("food101").classnames[16:18] == ("cheesecake", "cheese plate")
+    assert get_benchmark("oxford-pets").classnames[:3] == ("Abyssinian", "american bulldog", "american pit bull terrier")
+    assert get_benchmark("caltech101").classnames[:3] == ("background", "off-center face", "centered face")
+    assert get_benchmark("pcam").classnames[1] == "lymph node containing metastatic tumor tissue"
+    assert get_benchmark("cifar100").label_column == "fine_label"
+    assert get_benchmark("cifar10").image_column == "img"
+
+
+@pytest.mark.parametrize("call, bad, hint", [
+    (get_benchmark, "cifar-10", "cifar10"),
+    (suite_benchmarks, "paper15", "paper14"),
+    (get_protocol, "fair", "fare"),
+])
+def test_unknown_names_raise_one_line_messages(call, bad, hint):
+    with pytest.raises(UnknownNameError) as info:
+        call(bad)
+    message = str(info.value)
+    assert bad in message and hint in message and "\n" not in message
+    assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)
+
+
+def test_protocols_have_the_published_values():
+    tecoa, fare, aa = get_protocol("tecoa"), get_protocol("fare"), get_protocol("autoattack")
+    assert tecoa.eps == pytest.approx((1 / 255,)) and tecoa.attacks == ("pgd",) and tecoa.pgd_steps == 10
+    assert tecoa.n_samples is None and tecoa.seed == 0
+    assert fare.eps == pytest.approx((2 / 255, 4 / 255)) and fare.attacks == ("apgd",)
+    assert fare.n_samples == 1000 and fare.seed == 0
+    assert aa.eps == pytest.approx((2 / 255,)) and aa.attacks == ("autoattack",) and aa.n_samples == 1000
+    assert set(PROTOCOLS) == {"tecoa", "fare", "autoattack"}
+    with pytest.raises(ValueError, match="attacks"):
+        Protocol("bad", (1 / 255,), ("fgsm",), 10, None, 0)
+    with pytest.raises(ValueError, match="eps"):
+        Protocol("bad", (4,), ("pgd",), 10, None, 0)  # 4 instead of 4/255
+
+
+def test_register_adds_and_replaces_entries():
+    task = Benchmark("embedded/shape", "embedded:shape", "test", ["circle", "square"], ["a {} shape."])
+    try:
+        register(task)
+        assert get_benchmark("embedded/shape") is task and task.classnames == ("circle", "square")
+        replaced = Benchmark("embedded/shape", "embedded:shape", "test", ("circle", "square", "star"), ("a {}.",))
+        register(replaced)
+        assert get_benchmark("embedded/shape") is replaced
+        with pytest.raises(TypeError):
+            register("embedded/shape")
+    finally:
+        BENCHMARKS.pop("embedded/shape", None)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(templates=("a photo.",)), "exactly one"),
+    (dict(templates=("a {} of {}.",)), "exactly one"),
+    (dict(templates=("a {c}.",)), "exactly one"),
+    (dict(classnames=("cat", "cat")), "unique"),
+    (dict(source="imagenet"), "must start with"),
+])
+def test_broken_benchmarks_are_rejected(kwargs, match):
+    fields = dict(name="x", source="local:/data", split="test", classnames=("cat", "dog"), templates=("a {}.",))
+    with pytest.raises(ValueError, match=match):
+        Benchmark(**{**fields, **kwargs})
+
+
+def test_import_does_not_touch_the_network():
+    code = (
+        "import socket\n"
+        "def refuse(*a, **k): raise OSError('network access during import')\n"
+        "socket.socket.connect = refuse; socket.create_connection = refuse; socket.getaddrinfo = refuse\n"
+        "import eval.registry as r; print(len(r.BENCHMARKS))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) >= 18
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A tiny random open_clip model registered under a custom config name (no weights, no network)."""
+    import open_clip
+
+    cfg = {"embed_dim": 16,
+           "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+           "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    path = tmp_path_factory.mktemp("configs") / "rw2s-test-tiny.json"
+    path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(path)  # the public way to add an architecture config
+    torch.manual_seed(0)
+    model = open_clip.create_model("rw2s-test-tiny", pretrained=None).eval()
+    return model, open_clip.get_tokenizer("rw2s-test-tiny")
+
+
+def test_registry_builds_a_zero_shot_head(tiny_clip):
+    from open_clip import build_zero_shot_classifier
+
+    model, tokenizer = tiny_clip
+    b = get_benchmark("cifar10")
+    head = build_zero_shot_classifier(model, tokenizer, b.classnames, b.templates, device="cpu")
+    assert head.shape == (16, 10)
+    assert torch.isfinite(head).all()
+    assert torch.allclose(head.norm(dim=0), torch.ones(10), atol=1e-5)  # one unit vector per class
+
+
+def test_module_exports_what_it_documents():
+    for name in registry.__all__:
+        assert hasattr(registry, name), name
