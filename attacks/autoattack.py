@@ -131,6 +131,10 @@ class _Fp32Model(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        # Only this wrapper's own flag: torchattacks calls model.train() after each attack
+        # on a model it found training (attack.py, Attack._recover_model_mode), which would
+        # switch the attacked model to train mode in the middle of the cascade.
+        self.training = False
 
     def forward(self, images: Tensor) -> Tensor:
         return forward_fp32(self.model, images).to(torch.float32)

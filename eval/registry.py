@@ -4,7 +4,8 @@ A benchmark is data, not a code path (STYLE.md, point 6): where its images come 
 and columns to read, and the class names and prompt templates of its zero-shot head. Class names
 and templates follow the OpenAI CLIP paper's published prompt lists (CLIP ``data/prompts.md``),
 re-ordered where needed to the label order of the chosen dataset; they live as data in
-``eval/metadata/``. ImageNet's come from ``open_clip.zero_shot_metadata`` so they are not duplicated.
+``eval/metadata/``. ImageNet's come from ``open_clip.zero_shot_metadata`` so they are not duplicated
+(with its two repeated names made distinct, see below).
 
 Importing this module reads only local files; nothing touches the network.
 
@@ -19,11 +20,11 @@ Example::
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
 __all__ = [
     "ATTACKS", "BENCHMARKS", "PROTOCOLS", "SUITES", "Benchmark", "Protocol", "UnknownNameError",
@@ -65,7 +66,7 @@ class Benchmark:
     classnames: tuple[str, ...]  # zero-shot class names in label-index order
     templates: tuple[str, ...]  # prompt templates, each with exactly one "{}"
     image_column: str = "image"  # column holding the (PIL) image
-    label_column: str = "label"  # column holding the integer label
+    label_column: str = "label"  # column holding the label (int / ClassLabel unless noted in the entry)
 
     def __post_init__(self):
         # Accept lists (JSON, YAML) but store tuples, so entries stay hashable and immutable.
@@ -111,15 +112,35 @@ def _load(filename: str):
         return json.load(f)
 
 
+def _open_clip_zero_shot_metadata():
+    """open_clip's ``zero_shot_metadata`` module, read from its file when open_clip is not imported yet:
+    the module is plain data, but ``import open_clip`` pulls in torch, torchvision and transformers
+    (seconds), which a registry lookup (e.g. ``robust-w2s eval --help``) should not pay for."""
+    name = "open_clip.zero_shot_metadata"
+    if name in sys.modules:
+        return sys.modules[name]
+    try:
+        package = importlib.util.find_spec("open_clip")  # locates the package without running it
+        spec = importlib.util.spec_from_file_location(
+            "_rw2s_open_clip_zero_shot_metadata", Path(package.origin).with_name("zero_shot_metadata.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    except (AttributeError, ImportError, OSError, TypeError):  # layout changed: take the slow road
+        return importlib.import_module(name)
+
+
+_OPEN_CLIP_META = _open_clip_zero_shot_metadata()
+_OPENAI_IMAGENET_NAMES = tuple(_OPEN_CLIP_META.IMAGENET_CLASSNAMES)
 _CLASSNAMES = _load("classnames.json")
 _TEMPLATES = _load("templates.json")
 # The OpenAI ImageNet names repeat "missile" (657, 744) and "sunglasses" (836, 837): identical head
 # rows make classes 744 and 837 unpredictable (argmax ties go to the lower index). We rename one of
 # each pair after its own WordNet lemma (n04008634 "projectile", n04355933 "sunglass").
 _RENAMED = {744: "projectile", 836: "sunglass"}
-_IMAGENET_NAMES = tuple(_RENAMED.get(i, c) for i, c in enumerate(IMAGENET_CLASSNAMES))
+_IMAGENET_NAMES = tuple(_RENAMED.get(i, c) for i, c in enumerate(_OPENAI_IMAGENET_NAMES))
 # open_clip stores the 80 OpenAI ImageNet prompts as callables; "{}" round-trips them to strings.
-_IMAGENET_TEMPLATES = tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+_IMAGENET_TEMPLATES = tuple(t("{}") for t in _OPEN_CLIP_META.OPENAI_IMAGENET_TEMPLATES)
 # ImageNet-R covers 200 of the 1000 classes; label k of ImageNet-R is ImageNet class _IMAGENET_R[k]
 # (both are ordered by WordNet id). Indices from github.com/hendrycks/imagenet-r.
 _IMAGENET_R = tuple(_load("imagenet_r_indices.json"))

@@ -56,7 +56,10 @@ def _load_local(path: Path, split: str | None) -> datasets.Dataset:
             return loaded[name]
         return loaded
     # Class sub-folders of images: the label column's ClassLabel names are the folder names.
-    return datasets.load_dataset("imagefolder", data_dir=str(path), split=split or "train")
+    try:
+        return datasets.load_dataset("imagefolder", data_dir=str(path), split=split or "train")
+    except (ValueError, FileNotFoundError) as error:  # e.g. a folder without images
+        raise UserError(f"{path}: not an image folder ({str(error).splitlines()[0]})") from None
 
 
 def class_names(dataset: datasets.Dataset, label_column: str = "label") -> list[str]:

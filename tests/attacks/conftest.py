@@ -72,5 +72,27 @@ def tm():
     """Namespace of model/data factories shared by the attack tests."""
     return types.SimpleNamespace(
         SHAPE=SHAPE, DIM=DIM, TwoClassLinear=TwoClassLinear, Recorder=Recorder, mlp=mlp,
-        images=images, two_class_weights=two_class_weights,
+        images=images, two_class_weights=two_class_weights, Quantized=Quantized,
     )
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    # The tensors here are tiny: on a busy 2-core machine, intra-op thread synchronization
+    # costs ~10 ms per op, more than the ops themselves. Restored so other suites keep theirs.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+class Quantized(nn.Module):
+    """Gradient masking: rounds pixels to 5 levels before ``model``, so every input gradient
+    is zero. Gradient attacks (APGD, FAB) stall; the black-box Square attack does not."""
+
+    def __init__(self, model: nn.Module, levels: int = 4) -> None:
+        super().__init__()
+        self.model, self.levels = model, levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.round(x * self.levels) / self.levels)

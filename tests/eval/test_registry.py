@@ -72,7 +72,8 @@ def test_label_orders_follow_the_chosen_datasets():
     assert get_benchmark("imagenet-sketch").classnames == imagenet
     assert get_benchmark("eurosat").classnames[:3] == ("annual crop land", "forest", "brushland or shrubland")
     assert get_benchmark("food101").classnames[16:18] == ("cheesecake", "cheese plate")
-    assert get_benchmark("oxford-pets").classnames[:3] == ("Abyssinian", "american bulldog", "american pit bull terrier")
+    pets = ("Abyssinian", "american bulldog", "american pit bull terrier")
+    assert get_benchmark("oxford-pets").classnames[:3] == pets
     assert get_benchmark("caltech101").classnames[:3] == ("background", "off-center face", "centered face")
     assert get_benchmark("pcam").classnames[1] == "lymph node containing metastatic tumor tissue"
     assert get_benchmark("cifar100").label_column == "fine_label"
@@ -138,27 +139,45 @@ def test_import_does_not_touch_the_network():
         "import socket\n"
         "def refuse(*a, **k): raise OSError('network access during import')\n"
         "socket.socket.connect = refuse; socket.create_connection = refuse; socket.getaddrinfo = refuse\n"
-        "import eval.registry as r; print(len(r.BENCHMARKS))\n"
+        "import sys, eval.registry as r; print(len(r.BENCHMARKS), 'torch' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert int(done.stdout.strip()) >= 18
+    count, torch_imported = done.stdout.split()
+    assert int(count) >= 18
+    assert torch_imported == "False", "a registry lookup should not pay for importing torch"
+
+
+def test_imagenet_names_are_open_clips_with_duplicates_made_distinct():
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+
+    names = get_benchmark("imagenet").classnames
+    changed = [i for i, (a, b) in enumerate(zip(names, IMAGENET_CLASSNAMES)) if a != b]
+    assert len(names) == len(IMAGENET_CLASSNAMES) and changed == [744, 836]
+    assert len(get_benchmark("imagenet").templates) == len(OPENAI_IMAGENET_TEMPLATES) == 80
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    """A tiny random open_clip model registered under a custom config name (no weights, no network)."""
+    """A tiny random open_clip model registered under its own config name (no weights, no network)."""
     import open_clip
+    from open_clip import factory
 
+    name = "rw2s-registry-test-tiny"  # own name: tests/conftest.py registers another "rw2s-test-tiny"
     cfg = {"embed_dim": 16,
            "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-    path = tmp_path_factory.mktemp("configs") / "rw2s-test-tiny.json"
+    path = tmp_path_factory.mktemp("configs") / f"{name}.json"
     path.write_text(json.dumps(cfg))
     open_clip.add_model_config(path)  # the public way to add an architecture config
-    torch.manual_seed(0)
-    model = open_clip.create_model("rw2s-test-tiny", pretrained=None).eval()
-    return model, open_clip.get_tokenizer("rw2s-test-tiny")
+    try:
+        torch.manual_seed(0)
+        model = open_clip.create_model(name, pretrained=None).eval()
+        yield model, open_clip.get_tokenizer(name)
+    finally:  # leave open_clip's global registry as we found it
+        factory._MODEL_CONFIGS.pop(name, None)
+        if path in factory._MODEL_CONFIG_PATHS:
+            factory._MODEL_CONFIG_PATHS.remove(path)
 
 
 def test_registry_builds_a_zero_shot_head(tiny_clip):
