@@ -70,7 +70,7 @@ def autoattack(
     min(9, K-1) highest wrong classes), FAB-T (100 steps, same targets), Square (5000
     queries, p_init 0.8). "apgd": APGD-CE + APGD-T only. Each attack runs only on samples
     still robust; an image counts as adversarial only if, after projection onto the eps-ball
-    and [0, 1], the model misclassifies it. Below 4 classes the targeted DLR loss is
+    and [0, 1], the model misclassifies it (in fp32; returned in the dtype of ``images``). Below 4 classes the targeted DLR loss is
     undefined, so APGD-T uses the targeted cross-entropy instead.
 
     Args:
@@ -111,6 +111,8 @@ def autoattack(
         for name in names:
             index = robust.nonzero().flatten()
             if index.numel() > 0 and eps > 0:
+                # The attack's own success flags are not trusted: its output is projected
+                # and re-checked with the model, so `robust` matches `adversarial`.
                 candidate = project(_run(attacks[name], clean[index], labels[index]),
                                     clean[index], eps, norm)
                 fooled = _predict(wrapped, candidate, n_classes) != labels[index]

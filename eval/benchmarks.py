@@ -13,9 +13,17 @@ from robust_w2s.data import class_names, load_image_dataset
 from robust_w2s.errors import UserError
 from robust_w2s.home import resolve_home
 
-from .registry import Benchmark, get_benchmark, register, suite_benchmarks, SUITES
+from .registry import PROTOCOLS, SUITES, Benchmark, Protocol, get_benchmark, register, suite_benchmarks
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
+SUITE_PROTOCOLS = {"embedded": "embedded", "paper14": "autoattack", "tecoa16": "tecoa"}
+EMBEDDED_PGD_STEPS = 20  # the world's epsilon is calibrated with PGD-20
+
+
+def default_protocol(suite: str | None, dataset: str | None) -> str:
+    if suite is not None:
+        return SUITE_PROTOCOLS.get(suite, "tecoa")
+    return "embedded" if dataset.startswith("embedded/") else "tecoa"
 
 
 def world_record(home: str | os.PathLike | None = None) -> dict:
@@ -36,6 +44,8 @@ def register_embedded(home: str | os.PathLike | None = None) -> list[Benchmark]:
     for benchmark in benchmarks:
         register(benchmark)
     SUITES["embedded"] = tuple(b.name for b in benchmarks)
+    PROTOCOLS["embedded"] = Protocol("embedded", eps=(record["epsilon"],), attacks=("pgd",),
+                                     pgd_steps=EMBEDDED_PGD_STEPS, n_samples=None, seed=0)
     return benchmarks
 
 

@@ -55,6 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(zeroshot)
     zeroshot.add_argument("--output", help="JSON file to write (default: print only)")
     zeroshot.set_defaults(run=_run_zeroshot)
+
+    evaluate = commands.add_parser(
+        "eval", help="clean and robust zero-shot accuracy under PGD / APGD / AutoAttack, with audits",
+        description="Attack a model's zero-shot classifier in pixel space and report clean accuracy, "
+                    "robust accuracy per attack and epsilon, and the per-sample worst case. Soundness "
+                    "audits run with every evaluation; a failed audit exits 1 unless --allow-unsound. "
+                    "Writes one JSON per (model, dataset, attack, eps) plus report.md, results.csv and "
+                    "robust_vs_eps.png in --output-dir.", epilog=EPILOG)
+    _add_target(evaluate)
+    evaluate.add_argument("--attack", help="comma list of pgd, apgd (APGD-CE + APGD-T), autoattack "
+                                           "(standard AA); default: the protocol's")
+    evaluate.add_argument("--eps", help="comma list of Linf radii, e.g. 1/255,4/255; default: the protocol's")
+    evaluate.add_argument("--protocol", help="tecoa, fare, autoattack or embedded (default: embedded for "
+                                             "the embedded world, autoattack for paper14, tecoa otherwise)")
+    evaluate.add_argument("--pgd-steps", type=int, help="k of PGD-k (default: the protocol's)")
+    evaluate.add_argument("--output-dir", default="runs/eval", help="where results go (default runs/eval)")
+    evaluate.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    evaluate.add_argument("--allow-unsound", action="store_true", help="exit 0 even if an audit fails")
+    evaluate.set_defaults(run=_run_eval, batch_size=128)
     return parser
 
 
@@ -85,6 +104,41 @@ def _run_zeroshot(args) -> int:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(report, indent=2))
         print(f"wrote {output}")
+    return 0
+
+
+def _run_eval(args) -> int:
+    from attacks import parse_eps
+    from eval.benchmarks import default_protocol, resolve
+    from eval.registry import ATTACKS, get_protocol
+    from eval.report import audit_section, markdown_table, write_report
+    from eval.runner import EvalSettings
+    from eval.suite import run_eval
+
+    benchmarks = resolve(args.suite, args.dataset, args.home, args.classnames)
+    try:
+        protocol = get_protocol(args.protocol or default_protocol(args.suite, args.dataset))
+        eps = tuple(parse_eps(e) for e in args.eps.split(",")) if args.eps else protocol.eps
+    except (KeyError, ValueError) as error:
+        raise UserError(str(error)) from None
+    attacks = tuple(args.attack.split(",")) if args.attack else protocol.attacks
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise UserError(f"unknown attack {unknown[0]!r}; valid: {', '.join(ATTACKS)}")
+    n_samples = args.n_samples if args.n_samples is not None else protocol.n_samples
+    settings = EvalSettings(attacks=tuple(a for a in ATTACKS if a in attacks), eps=tuple(sorted(eps)),
+                            pgd_steps=args.pgd_steps or protocol.pgd_steps, n_samples=n_samples,
+                            seed=args.seed, batch_size=args.batch_size)
+    records = run_eval(args.model, benchmarks, settings, args.output_dir, home=args.home, device=args.device,
+                       protocol=protocol.name)
+    print(markdown_table(records))
+    print(audit_section(records))
+    paths = write_report(args.output_dir)
+    print(f"results: {args.output_dir} (report: {paths['markdown']})")
+    if not args.allow_unsound and not all(r["audits_passed"] for r in records):
+        print("robust-w2s eval: error: a soundness audit failed (see above); --allow-unsound to accept",
+              file=sys.stderr)
+        return 1
     return 0
 
 

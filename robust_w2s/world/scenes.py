@@ -18,8 +18,8 @@ COLOURS = {
 }
 SIZES = {"small": 0.17, "large": 0.29}  # object radius as a fraction of the image side
 POSITIONS = {  # object centre as fractions of the image side (x, y)
-    "in the center": (0.5, 0.5), "on the left": (0.27, 0.5), "on the right": (0.73, 0.5),
-    "at the top": (0.5, 0.27), "at the bottom": (0.5, 0.73),
+    "in the center": (0.5, 0.5), "on the left": (0.23, 0.5), "on the right": (0.77, 0.5),
+    "at the top": (0.5, 0.23), "at the bottom": (0.5, 0.77),
 }
 STYLES = ("filled", "outline")
 BACKGROUNDS = ("plain", "striped", "dotted", "checkered", "noisy")

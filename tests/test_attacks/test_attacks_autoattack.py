@@ -107,15 +107,20 @@ def test_seeded_runs_repeat_and_leave_the_global_rng_alone(tm):
     assert torch.equal(first.robust, again.robust)
 
 
-def test_model_state_is_restored_and_attacks_run_in_eval_fp32(tm):
+def test_model_state_is_restored_and_attacks_run_in_eval_fp32(tm, monkeypatch):
     inner = tm.mlp(4, seed=1)
     inner[1].weight.requires_grad_(False)  # a caller-frozen parameter stays frozen
-    model = tm.Recorder(inner).train()
+    # Gradient-masked, so that points survive APGD and FAB (which calls .backward()) runs.
+    model = tm.Recorder(tm.Quantized(inner)).train()
     x = tm.images(8, seed=1).double()
     with torch.no_grad():
-        y = inner(x.float()).argmax(1)
+        y = model.model(x.float()).argmax(1)
+    ran = []
+    original = aa_module._run
+    monkeypatch.setattr(aa_module, "_run", lambda a, *xy: ran.append(type(a).__name__) or original(a, *xy))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         result = autoattack(model, x, y, eps=0.1, n_classes=4, **TINY)
+    assert "FAB" in ran
     assert model.calls and all(not c["training"] for c in model.calls)
     assert all(c["dtype"] == torch.float32 and not c["autocast"] for c in model.calls)
     assert model.training

@@ -1,0 +1,109 @@
+"""Aggregate the per-result JSON files of an output folder into Markdown, CSV and a PNG plot."""
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+CSV_FIELDS = ("model", "dataset", "attack", "eps", "eps_label", "n_samples", "seed", "clean_acc", "robust_acc",
+              "worst_case_acc", "audits_passed", "seconds")
+
+
+def load_records(output_dir: str | Path) -> list[dict]:
+    """Every eval result JSON in ``output_dir`` (other JSON files are ignored)."""
+    records = []
+    for path in sorted(Path(output_dir).glob("*.json")):
+        record = json.loads(path.read_text())
+        if isinstance(record, dict) and {"model", "dataset", "attack", "eps", "robust_acc"} <= record.keys():
+            records.append(record)
+    return records
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def markdown_table(records: list[dict]) -> str:
+    """Per model: one row per dataset with clean, each attack@eps and the worst case per eps."""
+    lines = []
+    by_model = defaultdict(list)
+    for record in records:
+        by_model[record["model"]].append(record)
+    for model, rows in by_model.items():
+        columns = sorted({(r["eps"], r["attack"]) for r in rows})
+        eps_values = sorted({r["eps"] for r in rows})
+        labels = {r["eps"]: r["eps_label"] for r in rows}
+        header = ["dataset", "n", "clean"] + [f"{a} @ {labels[e]}" for e, a in columns] + \
+                 [f"worst @ {labels[e]}" for e in eps_values]
+        lines += [f"### {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+        cell = {(r["dataset"], r["eps"], r["attack"]): r for r in rows}
+        averages = defaultdict(list)
+        for dataset in datasets:
+            first = next(r for r in rows if r["dataset"] == dataset)
+            values = [first["clean_acc"]] + [cell[dataset, e, a]["robust_acc"] if (dataset, e, a) in cell
+                                             else float("nan") for e, a in columns]
+            values += [next(r["worst_case_acc"] for r in rows if r["dataset"] == dataset and r["eps"] == e)
+                       for e in eps_values]
+            for i, value in enumerate(values):
+                averages[i].append(value)
+            lines.append(f"| {dataset} | {first['n_samples']} | " + " | ".join(_pct(v) for v in values) + " |")
+        if len(datasets) > 1:
+            lines.append("| **average** | | " + " | ".join(_pct(sum(v) / len(v)) for v in averages.values()) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def audit_section(records: list[dict]) -> str:
+    failed = [(r, a) for r in records for a in r["audits"].values() if not a["passed"]]
+    if not failed:
+        names = sorted({name for r in records for name in r["audits"]})
+        return f"All audits passed on {len(records)} results ({', '.join(names)})."
+    lines = [f"**{len(failed)} audit failures** (results from a weak or masked attack are not trustworthy):", ""]
+    lines += [f"- {r['model']} / {r['dataset']} / {r['attack']} @ {r['eps_label']}: {a['name']}: {a['detail']}"
+              for r, a in failed]
+    return "\n".join(lines)
+
+
+def plot_robust_vs_eps(records: list[dict], path: Path) -> None:
+    """Worst-case robust accuracy (averaged over datasets) against epsilon, one line per model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        curves[r["model"]][r["eps"]][r["dataset"]] = r["worst_case_acc"]
+        curves[r["model"]][0.0][r["dataset"]] = r["clean_acc"]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for model, by_eps in curves.items():
+        eps_values = sorted(by_eps)
+        means = [100 * sum(by_eps[e].values()) / len(by_eps[e]) for e in eps_values]
+        axis.plot([255 * e for e in eps_values], means, marker="o", label=model)
+    axis.set_xlabel("epsilon (x/255, Linf)")
+    axis.set_ylabel("robust accuracy, % (worst case, mean over datasets)")
+    axis.set_ylim(0, 100)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_report(output_dir: str | Path) -> dict[str, Path]:
+    """Write ``report.md``, ``results.csv`` and ``robust_vs_eps.png`` for every result in the folder."""
+    output_dir = Path(output_dir)
+    records = load_records(output_dir)
+    paths = {"markdown": output_dir / "report.md", "csv": output_dir / "results.csv",
+             "plot": output_dir / "robust_vs_eps.png"}
+    with open(paths["csv"], "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+    body = ["# Zero-shot adversarial evaluation", "", "Accuracy in %. Robust accuracy counts a sample only if it "
+            "is correct clean and under the attack; *worst* is the per-sample worst case over all attacks run.",
+            "", markdown_table(records), "## Audits", "", audit_section(records), ""]
+    paths["markdown"].write_text("\n".join(body))
+    plot_robust_vs_eps(records, paths["plot"])
+    return paths
