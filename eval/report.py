@@ -6,6 +6,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from .registry import ATTACKS
+
 CSV_FIELDS = ("model", "dataset", "attack", "eps", "eps_label", "n_samples", "seed", "clean_acc", "robust_acc",
               "worst_case_acc", "audits_passed", "seconds")
 
@@ -31,7 +33,7 @@ def markdown_table(records: list[dict]) -> str:
     for record in records:
         by_model[record["model"]].append(record)
     for model, rows in by_model.items():
-        columns = sorted({(r["eps"], r["attack"]) for r in rows})
+        columns = sorted({(r["eps"], r["attack"]) for r in rows}, key=lambda c: (c[0], ATTACKS.index(c[1])))
         eps_values = sorted({r["eps"] for r in rows})
         labels = {r["eps"]: r["eps_label"] for r in rows}
         header = ["dataset", "n", "clean"] + [f"{a} @ {labels[e]}" for e, a in columns] + \

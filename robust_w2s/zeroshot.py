@@ -40,8 +40,9 @@ class ZeroShotClassifier(nn.Module):
         super().__init__()
         self.model = model
         cfg = preprocess_cfg(model)
-        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, -1, 1, 1), persistent=False)
+        device = next(model.parameters()).device
+        self.register_buffer("mean", torch.tensor(cfg["mean"], device=device).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg["std"], device=device).view(1, -1, 1, 1), persistent=False)
         if text_head is None:
             text_head = build_text_head(model, tokenizer, classnames, templates)
         self.register_buffer("text_head", text_head, persistent=False)

@@ -30,7 +30,7 @@ from ..data import iterate_batches, load_image_dataset
 from ..home import resolve_home
 from ..models import eval_transform, load_model
 from ..zeroshot import ZeroShotClassifier, accuracy
-from .tasks import ALIGNMENT_TASK, TASKS, corpus_arrays, task_dataset
+from .tasks import ALIGNMENT_TASK, CORPORA, GENERATOR_VERSION, TASKS, corpus_arrays, task_dataset
 
 MODEL_CONFIG_DIR = Path(__file__).with_name("model_configs")
 ALIGNMENT_SPLIT = "alignment"
@@ -69,8 +69,10 @@ class WorldConfig:
     robust: RobustSettings = field(default_factory=RobustSettings)
 
     def fingerprint(self, *parts: str) -> str:
-        """A hash of the named fields: a cached stage is reused while its inputs are unchanged."""
+        """A hash of the named fields, the generator's version and the corpora: a cached stage is
+        reused while its inputs are unchanged."""
         record = {name: asdict(self)[name] for name in parts}
+        record.update(generator=GENERATOR_VERSION, corpora={k: asdict(v) for k, v in CORPORA.items()})
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 

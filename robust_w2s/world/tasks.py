@@ -37,7 +37,7 @@ class Corpus:
 
 CORPORA = {
     "weak": Corpus({"shape": 0.9, "colour": 0.8, "size": 0.1, "position": 0.3, "style": 0.5},
-                   outline_rate=0.1, textured_rate=0.1),
+                   outline_rate=0.15, textured_rate=0.1),
     "strong": Corpus({"shape": 0.85, "colour": 0.7, "size": 0.8, "position": 0.6, "style": 0.9,
                       "background": 0.5}, outline_rate=0.35, textured_rate=0.5),
 }
@@ -82,6 +82,7 @@ TASKS = {
         lambda s: s.shape, SHAPES, background=lambda rng: TEXTURED[rng.integers(len(TEXTURED))])),
 }
 ALIGNMENT_TASK = "shape"
+GENERATOR_VERSION = 1  # bump when rendering, captions or samplers change: cached worlds are rebuilt
 
 
 def split_rng(seed: int, split: str) -> np.random.Generator:

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One prepared device check: install the wheels the GPU image lacks (carried in .whl/), then run
+# the benchmarks at real scale. Usage on the device machine: bash bench/device_run.sh
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+python3 - <<'PY' || rm -f .whl/pyarrow-*.whl   # keep the image's pyarrow when it is new enough
+import pyarrow, sys
+sys.exit(0 if int(pyarrow.__version__.split(".")[0]) < 24 else 1)
+PY
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python3 bench/attack_overhead.py --batch 32 --steps 10 --repeats 5 2>&1 | tee ${OUT:-/tmp}/attack_overhead.log
