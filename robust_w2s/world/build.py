@@ -52,7 +52,7 @@ class PretrainSettings:
 class RobustSettings:
     steps: int = 300             # TeCoA optimizer steps
     batch_size: int = 128        # labelled alignment images per step
-    lr: float = 5e-4             # peak AdamW learning rate for the image tower
+    lr: float = 2e-4             # peak AdamW learning rate for the image tower
     pgd_steps: int = 3           # PGD steps of the training attack (step size 2.5 * eps / steps)
 
 
@@ -65,7 +65,7 @@ class WorldConfig:
     alignment_size: int = 8192                     # images of the alignment split
     robust_check_size: int = 256                   # test images per task for the PGD-20 check
     weak: PretrainSettings = PretrainSettings("rw2s-weak", "weak", 60_000, 500, lr=2e-3)
-    strong: PretrainSettings = PretrainSettings("rw2s-strong", "strong", 60_000, 600, lr=1e-3)
+    strong: PretrainSettings = PretrainSettings("rw2s-strong", "strong", 60_000, 800, lr=1e-3)
     robust: RobustSettings = field(default_factory=RobustSettings)
 
     def fingerprint(self, *parts: str) -> str:
