@@ -7,7 +7,9 @@ A spec is one of (DESIGN.md section 8):
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import logging
 import os
 from pathlib import Path
 
@@ -56,10 +58,22 @@ def load_checkpoint(path: str | os.PathLike):
     """
     path = Path(path)
     config = read_checkpoint_config(path)
-    model = open_clip.create_model(f"{LOCAL_DIR}{path}", load_weights=False)
+    with _quiet_open_clip():  # it warns "initialized randomly": the weights are loaded just below
+        model = open_clip.create_model(f"{LOCAL_DIR}{path}", load_weights=False)
     load_weights(model, path / WEIGHTS_FILE)
     model.rw2s_model_cfg = config["model_cfg"]
     return model.eval(), eval_transform(model), open_clip.get_tokenizer(f"{LOCAL_DIR}{path}")
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def eval_transform(model: nn.Module, normalize: bool = True):

@@ -71,3 +71,13 @@ def test_world_has_enough_tasks_and_an_alignment_task():
         assert len(spec.classnames) >= 5, "2x chance must be reachable on every task"
         assert len(set(spec.classnames)) == len(spec.classnames)
         assert all(t.count("{}") == 1 for t in spec.templates)
+
+
+def test_alignment_split_mixes_styles_but_is_mostly_plain():
+    from robust_w2s.world.tasks import ALIGNMENT
+
+    rng = np.random.default_rng(0)
+    scenes = [ALIGNMENT.sample(rng)[0] for _ in range(400)]
+    outline = sum(s.style == "outline" for s in scenes) / len(scenes)
+    textured = sum(s.background != "plain" for s in scenes) / len(scenes)
+    assert 0.05 < outline < 0.3 and 0.05 < textured < 0.3

@@ -102,9 +102,8 @@ def render(scene: Scene, rng: np.random.Generator, side: int = 32) -> np.ndarray
     x = np.cos(angle) * dx + np.sin(angle) * dy
     y = -np.sin(angle) * dx + np.cos(angle) * dy
     distance = _shape_distance(scene.shape, x, y, radius)
-    if scene.style == "outline":  # a stroke that scales with the object, as a pen drawing would
-        half_width = 0.2 * radius + 0.3
-        coverage = np.clip(half_width + 0.5 - np.abs(distance), 0.0, 1.0)
+    if scene.style == "outline":  # a thin pen stroke (thick strokes read as rings and filled shapes)
+        coverage = np.clip(1.4 - np.abs(distance), 0.0, 1.0)
     else:
         coverage = np.clip(0.5 - distance, 0.0, 1.0)
     colour = np.array(COLOURS[scene.colour]) + rng.uniform(-18, 18, size=3)

@@ -82,7 +82,20 @@ TASKS = {
         lambda s: s.shape, SHAPES, background=lambda rng: TEXTURED[rng.integers(len(TEXTURED))])),
 }
 ALIGNMENT_TASK = "shape"
-GENERATOR_VERSION = 1  # bump when rendering, captions or samplers change: cached worlds are rebuilt
+
+
+def _alignment_scene(rng: np.random.Generator) -> tuple[Scene, int]:
+    """The alignment split: unlabelled images like the shape task's, with some outline drawings
+    and textured backgrounds mixed in, as a web-scale training set mixes styles (ImageNet holds
+    drawings too). Its shape labels are read only by methods defined with labels."""
+    style = "outline" if rng.random() < 0.15 else "filled"
+    background = TEXTURED[rng.integers(len(TEXTURED))] if rng.random() < 0.15 else "plain"
+    scene = _random_scene(rng, style=style, background=background)
+    return scene, SHAPES.index(scene.shape)
+
+
+ALIGNMENT = Task(SHAPES, SHAPE_TEMPLATES, _alignment_scene)
+GENERATOR_VERSION = 2  # bump when rendering, captions or samplers change: cached worlds are rebuilt
 
 
 def split_rng(seed: int, split: str) -> np.random.Generator:
@@ -95,8 +108,9 @@ def _image_feature_rows(images: list[np.ndarray]) -> list[Image.Image]:
 
 
 def task_dataset(task: str, n: int, seed: int, split: str = "test", image_size: int = 32) -> datasets.Dataset:
-    """``n`` labelled scenes of ``task`` (columns ``image``, ``label``)."""
-    spec = TASKS[task]
+    """``n`` labelled scenes of ``task`` (columns ``image``, ``label``); task "alignment" gives
+    the alignment split."""
+    spec = ALIGNMENT if task == "alignment" else TASKS[task]
     rng = split_rng(seed, f"{task}/{split}")
     scenes, labels = zip(*(spec.sample(rng) for _ in range(n)))
     images = [render(scene, rng, image_size) for scene in scenes]
