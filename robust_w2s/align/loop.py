@@ -114,20 +114,10 @@ def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume:
                       labels=raw["label"].to(dist.device) if "label" in raw else None,
                       teacher_probs=cache[raw["index"]].to(dist.device) if cache is not None else None)
 
-        # Forward: the method's loss; its inputs (attacks included, in fp32) computed on demand.
-        model.visual.train()
-        with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, terms = method.loss(StepInputs(method, batch, models, step / run.steps))
-
-        # Update: backward (DDP averages gradients), clip, AdamW step, per-step schedule, EMA.
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.visual.parameters(), config.optim.grad_clip)
-                     if config.optim.grad_clip > 0 else torch.zeros(()))
-        optimizer.step()
+        # Step: the method's loss on its declared inputs, backward, clip, AdamW, schedule, EMA.
+        loss, terms, grad_norm = train_step(method, batch, models, model, optimizer, config.optim.grad_clip,
+                                            ema, step, run.steps, bf16)
         scheduler.step_update(step + 1)
-        if ema is not None:
-            ema.update(model, step=step + 1)
 
         # Log: loss and terms averaged over processes, learning rate, throughput.
         done = step + 1
@@ -148,6 +138,28 @@ def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume:
                   {"epoch": position["epoch"], "position": position["position"] + 1}, generators)
     bar.close()
     return output_dir / "checkpoint"
+
+
+def train_step(method, batch: Batch, models: Models, model, optimizer, grad_clip: float, ema,
+               step: int, steps: int, bf16: bool):
+    """One optimizer step of ``method`` on ``batch``: (loss, named terms, gradient norm).
+
+    The per-step schedule update is the caller's. ``bench/align_step.py`` times this function.
+    """
+    # Forward: the method's loss; its inputs (attacks included, in fp32) computed on demand.
+    device_type = batch.images.device.type
+    model.visual.train()
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        loss, terms = method.loss(StepInputs(method, batch, models, step / steps))
+    # Update: backward (DDP averages gradients), clip, AdamW step, EMA.
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = (torch.nn.utils.clip_grad_norm_(model.visual.parameters(), grad_clip)
+                 if grad_clip > 0 else torch.zeros(()))
+    optimizer.step()
+    if ema is not None:
+        ema.update(model, step=step + 1)
+    return loss, terms, grad_norm
 
 
 def _validate(config: AlignConfig, world_size: int) -> None:
