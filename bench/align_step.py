@@ -53,6 +53,23 @@ def _models(device: str, home):
     return [(open_clip.create_model(n).to(device), open_clip.get_tokenizer(n)) for n in names] + [label]
 
 
+def _interleaved_medians(functions: dict, repeats: int, cuda: bool) -> dict[str, float]:
+    """Median seconds of each function, run in turn ``repeats`` times after one warm-up round, so
+    that every measurement sees the same machine load."""
+    timings = {key: [] for key in functions}
+    for repeat in range(repeats + 1):
+        for key, fn in functions.items():
+            if cuda:
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            if repeat:
+                timings[key].append(time.perf_counter() - started)
+    return {key: statistics.median(values) for key, values in timings.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -109,20 +126,9 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
 
     heads.eval()
-    timings = {"step": [], "student_attack_pass": [], "teacher_pass": [], "student_update_pass": []}
-    functions = {"step": step, "student_attack_pass": input_gradient_pass(heads),
-                 "teacher_pass": input_gradient_pass(teacher), "student_update_pass": update_pass}
-    for repeat in range(args.repeats + 1):  # the first round warms up (allocator, kernels)
-        for key, fn in functions.items():
-            if cuda:
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            fn()
-            if cuda:
-                torch.cuda.synchronize()
-            if repeat:
-                timings[key].append(time.perf_counter() - started)
-    median = {key: statistics.median(values) for key, values in timings.items()}
+    median = _interleaved_medians({"step": step, "student_attack_pass": input_gradient_pass(heads),
+                                   "teacher_pass": input_gradient_pass(teacher),
+                                   "student_update_pass": update_pass}, args.repeats, cuda)
     floor = m * median["student_attack_pass"] + n * median["teacher_pass"] + median["student_update_pass"]
     print(f"{name}: {size}x{size}, batch {args.batch}, m={m}, n={n}, {args.device}"
           f"{' (bf16 update)' if cuda else ''}")
