@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="images per step")
     parser.add_argument("--attack-steps", type=int, help="m (default: 3 on CPU, 10 on GPU)")
     parser.add_argument("--refine-steps", type=int, default=2, help="n")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repetitions (median)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,7 +102,7 @@ def main() -> None:
     models = Models(heads, heads, None, teacher, median_entropy(cache),
                     {"eps": eps, "steps": m, "alpha": eps / 4, "start_noise_std": 0.001},
                     {"eps": eps, "steps": n, "alpha": eps / 2, "start_noise_std": 0.001},
-                    torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+                    torch.Generator(args.device).manual_seed(1), torch.Generator(args.device).manual_seed(2))
     method = get_method(MethodSettings(name="adv-w2s", eur=True, iar=True))
     optimizer, _ = optimizer_and_schedule(student_model.visual, OptimSettings(lr=1e-6), 1000)
     batch = Batch(pixels, None, cache)

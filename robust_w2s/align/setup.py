@@ -158,15 +158,25 @@ def _side(size) -> int:
 
 
 @torch.no_grad()
-def teacher_cache(teacher: ZeroShotClassifier, view: PixelView, device, batch_size: int = 256,
+def teacher_cache(teacher: ZeroShotClassifier, view: PixelView, dist: Dist, batch_size: int = 256,
                   workers: int = 0) -> torch.Tensor:
     """p_T(x) for every alignment image, [N, K] float32 on the CPU: the teacher is frozen, so its
-    clean outputs are computed once, before training, and read per batch."""
+    clean outputs are computed once, before training, and read per batch. Under DDP each process
+    computes one contiguous shard and the shards are gathered, so every process holds all of it."""
     teacher.eval()
-    probs = []
-    for batch in DataLoader(view, batch_size=batch_size, num_workers=workers):
-        probs.append(teacher(batch["pixels"].to(device)).float().softmax(dim=-1).cpu())
-    return torch.cat(probs)
+    shard = -(-len(view) // dist.world_size)  # ceil: every shard has the same length for all_gather
+    indices = range(dist.rank * shard, min(len(view), (dist.rank + 1) * shard))
+    probs = [teacher(batch["pixels"].to(dist.device)).float().softmax(dim=-1)
+             for batch in DataLoader(torch.utils.data.Subset(view, indices), batch_size=batch_size,
+                                     num_workers=workers)]
+    mine = torch.cat(probs) if probs else torch.empty(0, teacher.text_head.shape[1], device=dist.device)
+    if dist.world_size == 1:
+        return mine.cpu()
+    padded = torch.zeros(shard, mine.shape[1], device=dist.device)
+    padded[:len(mine)] = mine
+    shards = [torch.empty_like(padded) for _ in range(dist.world_size)]
+    torch_dist.all_gather(shards, padded)
+    return torch.cat(shards)[:len(view)].cpu()
 
 
 def median_entropy(probs: torch.Tensor) -> torch.Tensor:

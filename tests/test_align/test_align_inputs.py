@@ -2,11 +2,12 @@
 import pytest
 import torch
 
-from attacks import cross_entropy
+from attacks import cross_entropy, inverse_adversarial
 from robust_w2s.align import methods as M
+from robust_w2s.align.config import load_config
 from robust_w2s.align.inputs import Batch, Models, StepInputs
 from robust_w2s.align.loop import train
-from robust_w2s.align.setup import (PixelView, alignment_data, load_teacher, teacher_cache,
+from robust_w2s.align.setup import (Dist, PixelView, alignment_data, load_teacher, teacher_cache,
                                     world_record)
 from robust_w2s.models import eval_transform, load_model
 
@@ -42,9 +43,9 @@ def test_iar_lowers_the_teachers_ce_to_its_own_prediction_within_its_ball(world_
     transform = eval_transform(student, normalize=False)
     teacher = load_teacher("embedded:weak-robust", world_home, "cpu", world["classnames"][task],
                            world["templates"][task], transform.transforms[0].size)
-    dataset, *_ = alignment_data(tiny_config_default(), M.Plan.build(M.MethodSettings()), world, world_home)
+    dataset, *_ = alignment_data(load_config(), M.Plan.build(M.MethodSettings()), world, world_home)
     view = PixelView(dataset.select(range(32)), transform, "image", "label")
-    probs = teacher_cache(teacher, view, "cpu")
+    probs = teacher_cache(teacher, view, Dist(0, 1, torch.device("cpu")))
     images = torch.stack([view[i]["pixels"] for i in range(32)])
     eps = 4 / 255
     models = Models(None, None, None, teacher, None, {}, {"eps": eps, "steps": 3, "alpha": eps / 2,
@@ -59,13 +60,8 @@ def test_iar_lowers_the_teachers_ce_to_its_own_prediction_within_its_ball(world_
     assert after < before
     assert (refined.argmax(1) == prediction).float().mean() >= (probs.argmax(1) == prediction).float().mean()
     # the refined images themselves stay in the eps-ball and in [0, 1]
-    from attacks import inverse_adversarial
     x_tilde = inverse_adversarial(teacher, images, eps=eps, steps=3, alpha=eps / 2, prediction=prediction,
                                   generator=torch.Generator().manual_seed(0), start_noise_std=0.001)
     assert (x_tilde - images).abs().max() <= eps + 1e-6 and x_tilde.min() >= 0 and x_tilde.max() <= 1
     assert cross_entropy(teacher(x_tilde), prediction) < cross_entropy(teacher(images), prediction)
 
-
-def tiny_config_default():
-    from robust_w2s.align.config import load_config
-    return load_config()
