@@ -6,6 +6,7 @@ runs. Under ``torchrun --nproc_per_node N`` the same function trains with DDP.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -31,6 +32,11 @@ from .state import load_state, restore_rng, rng_state, save_state
 
 TEACHER_INPUTS = {"teacher_probs", "teacher_entropy_median", "refined_teacher_probs"}
 FROZEN_INPUTS = {"frozen_logits", "frozen_adv_logits", "frozen_features"}
+# The student's buffers (text head, normalization) never change: no per-forward sync under DDP.
+# torch 2.14 renamed the switch; older versions only know broadcast_buffers.
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
 
 
 def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume: bool = False) -> Path:
@@ -72,7 +78,7 @@ def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume:
     ema = ModelEmaV3(model, decay=config.optim.ema_decay) if config.optim.ema_decay > 0 else None
     student = heads if dist.world_size == 1 else DistributedDataParallel(
         heads, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
-        broadcast_buffers=False)
+        **_NO_BUFFER_SYNC)
     # Attack starts are drawn on the training device: a CPU draw of a ViT-L batch costs ~0.1 s.
     generators = {"attack": torch.Generator(dist.device).manual_seed(run.seed * 1000 + 2 * dist.rank + 1),
                   "refine": torch.Generator(dist.device).manual_seed(run.seed * 1000 + 2 * dist.rank + 2)}
