@@ -37,6 +37,8 @@ INPUTS = {
     "frozen_features": "S0's unnormalized image embedding of x [B, D]",
 }
 
+ADVERSARIAL_INPUTS = {"adv_logits", "adv_features", "frozen_adv_logits"}  # need Method.attack
+
 Inputs = Mapping[str, Any]
 Terms = dict[str, Tensor]
 
@@ -60,6 +62,8 @@ class Method:
         unknown = self.needs - set(INPUTS)
         if unknown:
             raise ValueError(f"{self.name} declares unknown inputs {sorted(unknown)}")
+        if self.attack is None and self.needs & ADVERSARIAL_INPUTS:
+            raise ValueError(f"{self.name} needs adversarial inputs but declares no attack")
 
 
 @dataclass

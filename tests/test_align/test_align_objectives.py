@@ -93,3 +93,10 @@ def test_fare_warmup_plan_switches_method_at_the_given_step():
     plan = M.Plan.build(M.MethodSettings(name="adv-w2s", fare_warmup_steps=2))
     assert [plan.at(step).name for step in range(4)] == ["fare", "fare", "adv-w2s", "adv-w2s"]
     assert "frozen_features" in plan.needs and "labels" not in plan.needs
+
+
+def test_declarations_are_checked():
+    with pytest.raises(ValueError, match="unknown inputs"):
+        M.Method("x", frozenset({"teacher_logits"}), lambda inputs: None)
+    with pytest.raises(ValueError, match="declares no attack"):
+        M.Method("x", frozenset({"adv_logits"}), lambda inputs: None)
