@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from attacks import pgd
+from ..errors import UserError
 from ..data import iterate_batches, load_image_dataset
 from ..models import eval_transform
 from ..zeroshot import ZeroShotClassifier, accuracy
@@ -36,6 +37,19 @@ class ZeroShotCheck:
             pixels, labels = zip(*iterate_batches(dataset, transform, batch_size=n_samples))
             self.tasks[task] = (ZeroShotClassifier(model, tokenizer, classnames, templates),
                                 torch.cat(pixels).to(device), torch.cat(labels).to(device))
+
+    @classmethod
+    def on_world(cls, model: nn.Module, tokenizer, world: dict | None, settings, eps: float, home,
+                 seed: int) -> "ZeroShotCheck | None":
+        """The check of ``settings`` (CheckSettings) on the embedded world's tasks; None when the
+        check is off (no tasks) or no world is built."""
+        if world is None or not settings.tasks:
+            return None
+        unknown = [task for task in settings.tasks if task not in world["tasks"]]
+        if unknown:
+            raise UserError(f"check.tasks: unknown task {unknown[0]!r}; valid: {', '.join(world['tasks'])}")
+        tasks = {task: (world["classnames"][task], world["templates"][task]) for task in settings.tasks}
+        return cls(model, tokenizer, tasks, settings.n_samples, eps, settings.pgd_steps, home, seed)
 
     def __call__(self) -> dict:
         generator = torch.Generator().manual_seed(self.seed)

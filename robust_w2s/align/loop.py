@@ -99,10 +99,8 @@ def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume:
         restore_rng(state["rng"][dist.rank], generators)
         start = state["step"]
     exported = ema.module if ema is not None else model
-    check = (ZeroShotCheck(exported, tokenizer, {t: (world["classnames"][t], world["templates"][t])
-                                                 for t in config.check.tasks},
-                           config.check.n_samples, attack["eps"], config.check.pgd_steps, home, run.seed)
-             if dist.is_main and world is not None and config.check.tasks else None)
+    check = (ZeroShotCheck.on_world(exported, tokenizer, world, config.check, attack["eps"], home, run.seed)
+             if dist.is_main else None)
     log = _Log(output_dir / "log.jsonl", start, enabled=dist.is_main, fresh=not resume)
     if dist.is_main:
         log.write({"event": "start", "step": start, "method": config.method.name, "world_size": dist.world_size,

@@ -36,3 +36,9 @@ def test_cli_align_runs_with_the_zero_shot_check(world_home, tmp_path, capsys):
     assert len(checks) == 2 and set(checks[0]["colour"]) == {"clean_acc", "pgd_acc"}
     assert (tmp_path / "run" / "state" / "train_state.pt").is_file()
     assert "checkpoint:" in capsys.readouterr().out
+
+
+def test_unknown_check_task_is_a_user_error(world_home, tiny_config, tmp_path):
+    from robust_w2s.errors import UserError
+    with pytest.raises(UserError, match="check.tasks: unknown task 'shapes'; valid: shape"):
+        train(tiny_config("check.tasks=[shapes]"), tmp_path / "run", home=world_home)
