@@ -18,6 +18,8 @@ def inverse_adversarial(
     alpha: float | str | None = None,
     steps: int = 2,
     generator: torch.Generator | None = None,
+    prediction: Tensor | None = None,
+    start_noise_std: float | None = None,
 ) -> Tensor:
     """Move ``images`` TOWARDS the model's own prediction, making it more confident.
 
@@ -33,6 +35,9 @@ def inverse_adversarial(
         alpha: step size; default 2.5 * eps / steps.
         steps: PGD descent steps.
         generator: source of the random start (see ``pgd``).
+        prediction: the model's clean labels [B] if already known (e.g. argmax of cached
+            teacher probabilities): saves one forward pass; default argmax model(images).
+        start_noise_std: start from x + std * N(0, I) instead of a uniform point (see ``pgd``).
 
     Returns:
         Refined images, detached, shape and dtype of ``images``, within eps of them, in [0, 1].
@@ -44,8 +49,9 @@ def inverse_adversarial(
         >>> x_tilde.shape
         torch.Size([4, 3, 2, 2])
     """
-    with eval_mode(model), torch.no_grad():
-        prediction = forward_fp32(model, images).argmax(dim=-1)
+    if prediction is None:
+        with eval_mode(model), torch.no_grad():
+            prediction = forward_fp32(model, images).argmax(dim=-1)
     return pgd(
         model,
         images,
@@ -57,4 +63,5 @@ def inverse_adversarial(
         objective=cross_entropy,
         descend=True,
         generator=generator,
+        start_noise_std=start_noise_std,
     )

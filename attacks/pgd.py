@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -27,6 +28,7 @@ def pgd(
     random_start: bool = True,
     descend: bool = False,
     generator: torch.Generator | None = None,
+    start_noise_std: float | None = None,
 ) -> Tensor:
     """PGD on ``objective(model(x'), target)`` within ``||x' - images|| <= eps``, x' in [0, 1].
 
@@ -35,7 +37,8 @@ def pgd(
     (minus the step when ``descend=True``); project onto the eps-ball; clamp to [0, 1];
     detach. The start is x' = images, or with ``random_start`` a point drawn from
     ``generator``: uniform in the Linf ball, or a random direction scaled by U(0, 1) * eps
-    for L2.
+    for L2; or, with ``start_noise_std``, x + std * N(0, I) projected onto the ball (the
+    Adv-W2S start x + 0.001 * N(0, I)).
 
     Args:
         model: maps [B, C, H, W] images in [0, 1] to an output ([B, K] logits or [B, D]
@@ -55,6 +58,8 @@ def pgd(
         generator: source of the random start. The caller's global RNG is never used; with
             None a fresh generator seeded 0 is used, so pass one generator across calls
             (e.g. each training step) to get a different start each call.
+        start_noise_std: if given, start from x + start_noise_std * N(0, I) (projected onto
+            the ball, clamped to [0, 1]) instead of the ``random_start`` rule; 0 starts at x.
 
     Returns:
         Adversarial images, detached, with the shape and dtype of ``images``.
@@ -73,7 +78,9 @@ def pgd(
     alpha = 2.5 * eps / max(steps, 1) if alpha is None else parse_eps(alpha, upper=None)
     if isinstance(objective, str):
         objective = OBJECTIVES[objective]
-    if eps == 0 or (steps == 0 and not random_start):
+    if start_noise_std is not None and (not math.isfinite(start_noise_std) or start_noise_std < 0):
+        raise ValueError(f"start_noise_std must be a finite number >= 0, got {start_noise_std!r}")
+    if eps == 0 or (steps == 0 and not random_start and start_noise_std is None):
         return images.detach().clone()
     if generator is None:
         generator = torch.Generator().manual_seed(0)
@@ -82,7 +89,10 @@ def pgd(
     direction = -1.0 if descend else 1.0
     # enable_grad: callers often attack from inside torch.no_grad() (evaluation code).
     with eval_mode(model), torch.enable_grad():
-        adversarial = _random_start(clean, eps, norm, generator) if random_start else clean
+        if start_noise_std is not None:
+            adversarial = _noise_start(clean, eps, norm, start_noise_std, generator)
+        else:
+            adversarial = _random_start(clean, eps, norm, generator) if random_start else clean
         for _ in range(steps):
             adversarial = adversarial.detach().requires_grad_(True)
             loss = objective(forward_fp32(model, adversarial), target)
@@ -110,6 +120,14 @@ def _random_start(clean: Tensor, eps: float, norm: str, generator: torch.Generat
         direction = direction / per_sample(l2_norms(direction).clamp_min(1e-12), direction)
         delta = direction * per_sample(draw(torch.rand, clean.shape[:1]) * eps, direction)
     return project(clean + delta, clean, eps, norm)
+
+
+def _noise_start(clean: Tensor, eps: float, norm: str, std: float, generator: torch.Generator) -> Tensor:
+    """x + std * N(0, I), projected onto the eps-ball and clamped to [0, 1]."""
+    if std == 0:
+        return clean
+    noise = torch.randn(clean.shape, generator=generator, device=generator.device).to(clean.device)
+    return project(clean + std * noise, clean, eps, norm)
 
 
 def _ascent_direction(grad: Tensor, norm: str) -> Tensor:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -74,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     evaluate.add_argument("--allow-unsound", action="store_true", help="exit 0 even if an audit fails")
     evaluate.set_defaults(run=_run_eval, batch_size=128)
+
+    align = commands.add_parser(
+        "align", help="align a strong CLIP with a weak teacher (adv-w2s) or a baseline method",
+        description="Train the student's image tower by the config's method; writes DIR/checkpoint/ "
+                    "(loadable by plain open_clip), DIR/state/ (for --resume) and DIR/log.jsonl. "
+                    "Under `torchrun --nproc_per_node N` the same command trains with DDP.")
+    align.add_argument("--config", required=True, help="YAML file of overrides, e.g. configs/embedded/adv-w2s.yaml")
+    align.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                       help="override one setting, e.g. --set optim.lr=1e-4 (repeatable)")
+    align.add_argument("--output-dir", help="run folder (default runs/align/<config name>)")
+    align.add_argument("--resume", action="store_true", help="continue the run in --output-dir from DIR/state/")
+    _add_home(align)
+    align.set_defaults(run=_run_align)
     return parser
 
 
@@ -139,6 +153,17 @@ def _run_eval(args) -> int:
         print("robust-w2s eval: error: a soundness audit failed (see above); --allow-unsound to accept",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def _run_align(args) -> int:
+    from .align import load_config, train
+
+    config = load_config(args.config, args.overrides)
+    output_dir = args.output_dir or str(Path("runs/align") / Path(args.config).stem)
+    checkpoint = train(config, output_dir, home=args.home, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"checkpoint: {checkpoint} (log: {Path(output_dir) / 'log.jsonl'})")
     return 0
 
 

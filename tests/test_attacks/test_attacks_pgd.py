@@ -156,3 +156,30 @@ def test_pgd_rejects_bad_arguments(tm):
     assert torch.allclose(
         pgd(model, x, y, eps="4/255", steps=2), pgd(model, x, y, eps=4 / 255, steps=2)
     )
+
+
+def test_start_noise_std_starts_near_x_and_keeps_the_old_default(tm):
+    model, x = tm.mlp(3), tm.images(8).clamp(0.1, 0.9)
+    y = torch.arange(8) % 3
+    # steps=0 returns the start itself: x + std * N(0, I), within the ball, from the generator.
+    start = pgd(model, x, y, eps=4 / 255, steps=0, start_noise_std=1e-3,
+                generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(start, (x + 1e-3 * noise).clamp(x - 4 / 255, x + 4 / 255), atol=1e-7)
+    assert pgd(model, x, y, eps=4 / 255, steps=0, start_noise_std=0.0).equal(x)
+    # Without the keyword nothing changes: same images as the uniform random start.
+    a = pgd(model, x, y, eps=4 / 255, steps=2, generator=torch.Generator().manual_seed(2))
+    b = pgd(model, x, y, eps=4 / 255, steps=2, generator=torch.Generator().manual_seed(2),
+            start_noise_std=None)
+    assert a.equal(b)
+    with pytest.raises(ValueError):
+        pgd(model, x, y, eps=4 / 255, start_noise_std=-1.0)
+
+
+def test_inverse_adversarial_accepts_a_known_prediction(tm):
+    model, x = tm.mlp(3), tm.images(8)
+    prediction = model(x).argmax(dim=1)
+    a = inverse_adversarial(model, x, eps=2 / 255, steps=2, generator=torch.Generator().manual_seed(0))
+    b = inverse_adversarial(model, x, eps=2 / 255, steps=2, generator=torch.Generator().manual_seed(0),
+                            prediction=prediction)
+    assert a.equal(b)

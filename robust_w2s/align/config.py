@@ -1,0 +1,172 @@
+"""Typed settings of an alignment run; YAML files and ``--set a.b=value`` override the defaults.
+
+The defaults are the embedded world's budget (about a minute on 2 CPU cores), so a config file
+only names what differs. Unknown keys are errors with a suggestion; values are type-checked.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import UserError
+from .methods import MethodSettings
+
+
+@dataclass
+class DataSettings:
+    dataset: str = "embedded:alignment"  # alignment images: embedded:SPLIT, hf:ID[:SPLIT] or local:PATH
+    image_column: str = "image"          # column holding the images
+    label_column: str = "label"          # read ONLY by methods that declare labels (tecoa, pmg-aft)
+    classnames: list[str] | None = None  # class names of the alignment task; None: the world's, else ClassLabel
+    templates: list[str] | None = None   # prompt templates; None: the world's, else "a photo of a {}."
+    workers: int = 0                     # DataLoader worker processes decoding images (0: in the loop)
+
+
+@dataclass
+class AttackSettings:
+    eps: float | str = "world"           # Linf radius of the student attack; "world": world.json's epsilon
+    steps: int = 3                       # m: PGD steps of the student attack
+    alpha: float | str | None = None     # PGD step size; None: 2.5 * eps / steps
+    start_noise_std: float = 0.001       # PGD starts at x + std * N(0, I) (DESIGN.md section 4)
+    refine_eps: float | str = "world"    # IAR: radius of the teacher's inverse-adversarial ball
+    refine_steps: int = 2                # n: PGD descent steps of the teacher refinement
+    refine_alpha: float | str | None = None  # refinement step size; None: 2.5 * refine_eps / refine_steps
+
+
+@dataclass
+class OptimSettings:
+    lr: float = 3e-5                     # peak AdamW learning rate of the student's image tower
+    weight_decay: float = 0.1            # AdamW decay; biases, norms and embeddings excluded (timm)
+    warmup_steps: int = 10               # linear warm-up steps, then cosine decay to min_lr
+    min_lr: float = 0.0                  # learning rate at the end of the cosine
+    grad_clip: float = 1.0               # max global gradient norm (0: no clipping)
+    ema_decay: float = 0.0               # EMA of the student's weights (timm ModelEmaV3); 0: off
+
+
+@dataclass
+class TrainSettings:
+    steps: int = 100                     # optimizer steps
+    batch_size: int = 64                 # GLOBAL batch: split evenly over DDP processes
+    seed: int = 0                        # seeds data order, attack starts and the global RNG
+    checkpoint_every: int = 50           # write checkpoint/ and state/ every N steps (and at the end)
+    eval_every: int = 50                 # zero-shot check every N steps (0: only at the end)
+    log_every: int = 1                   # JSONL log line every N steps
+    device: str = "auto"                 # "auto" (cuda if available), "cpu", "cuda"
+    bf16: bool = True                    # bf16 autocast for forward passes on GPU (attacks stay fp32)
+
+
+@dataclass
+class CheckSettings:
+    tasks: list[str] = field(default_factory=lambda: ["shape", "size-shape", "textured-shape"])
+    # ^ embedded-world tasks for the periodic zero-shot check (test splits, never the alignment set)
+    n_samples: int = 64                  # images per task
+    pgd_steps: int = 5                   # PGD-k of the check's attack, at attack.eps, step eps/4
+
+
+@dataclass
+class AlignConfig:
+    method: MethodSettings = field(default_factory=MethodSettings)  # objective and its switches
+    teacher: str = "embedded:weak-robust"  # frozen weak teacher: a model spec (DESIGN.md section 8)
+    student: str = "embedded:strong"       # strong student: its image tower trains
+    data: DataSettings = field(default_factory=DataSettings)
+    attack: AttackSettings = field(default_factory=AttackSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    check: CheckSettings = field(default_factory=CheckSettings)
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> AlignConfig:
+    """Defaults, then the YAML file at ``path``, then ``key.sub=value`` overrides (YAML values)."""
+    config = AlignConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise UserError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: expected a mapping of settings at the top level")
+        apply(config, data)
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep:
+            raise UserError(f"--set {override!r}: expected key=value, e.g. optim.lr=1e-4")
+        nested: dict = {}
+        *parents, last = key.strip().split(".")
+        cursor = nested
+        for part in parents:
+            cursor = cursor.setdefault(part, {})
+        cursor[last] = yaml.safe_load(text) if text.strip() else ""
+        apply(config, nested)
+    return config
+
+
+def apply(target, values: dict, prefix: str = "") -> None:
+    """Set ``values`` (nested dicts) onto the dataclass ``target``, checking names and types."""
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    hints = typing.get_type_hints(type(target))
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid: {', '.join(fields)}"
+            raise UserError(f"unknown config key {name!r}{hint}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"config key {name!r} is a section: give a mapping, not {value!r}")
+            apply(current, value, prefix=f"{name}.")
+        else:
+            setattr(target, key, coerce(value, hints[key], name))
+
+
+def coerce(value, hint, name: str):
+    """``value`` as type ``hint`` (bool, int, float, str, list[str], unions, None), else UserError."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    for option in options:
+        converted = _convert(value, option)
+        if converted is not _FAIL:
+            return converted
+    expected = " or ".join(getattr(o, "__name__", str(o)).replace("NoneType", "null") for o in options)
+    raise UserError(f"config key {name!r}: expected {expected}, got {value!r}")
+
+
+_FAIL = object()
+
+
+def _convert(value, option):
+    if option is type(None):
+        return None if value is None else _FAIL
+    if typing.get_origin(option) is list:
+        if not isinstance(value, (list, tuple)):
+            return _FAIL
+        items = [_convert(item, typing.get_args(option)[0]) for item in value]
+        return _FAIL if any(item is _FAIL for item in items) else items
+    if option is bool:
+        return value if isinstance(value, bool) else _FAIL
+    if isinstance(value, bool):
+        return _FAIL  # true is not a number or a name
+    if option is int:
+        return value if isinstance(value, int) else _FAIL
+    if option is float:
+        # PyYAML reads 1e-4 (no dot) as a string: accept any text that is a plain number.
+        try:
+            return float(value) if isinstance(value, (int, float, str)) else _FAIL
+        except ValueError:
+            return _FAIL
+    if option is str:
+        return value if isinstance(value, str) else _FAIL
+    return _FAIL
+
+
+def to_dict(config: AlignConfig) -> dict:
+    """The config as plain JSON-able data (recorded in the run's state and checkpoint)."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,194 @@
+"""What the training loop is handed: processes, data (labels only when declared), models, caches,
+optimizer. Each function does one preparation step; :func:`robust_w2s.align.loop.train` calls them."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+
+import datasets
+import timm.optim
+import timm.scheduler
+import torch
+import torch.distributed as torch_dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from attacks import parse_eps
+from ..data import class_names, decode_image
+from ..data import load_image_dataset
+from ..errors import UserError
+from ..home import resolve_home
+from ..models import eval_transform, load_model
+from ..zeroshot import ZeroShotClassifier
+from .config import AlignConfig
+from .methods import Plan, entropy
+
+DEFAULT_TEMPLATES = ["a photo of a {}."]
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int            # this process's rank (0 without torchrun)
+    world_size: int      # number of processes
+    device: torch.device  # where this process computes
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Dist:
+    """One process, or DDP under torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPU."""
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Dist(0, 1, torch.device(kind))
+    cuda = kind.startswith("cuda")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    return Dist(torch_dist.get_rank(), world_size, torch.device(f"cuda:{local_rank}" if cuda else "cpu"))
+
+
+def world_record(home) -> dict | None:
+    """The embedded world's world.json, or None where no world is built."""
+    path = resolve_home(home) / "world" / "world.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def resolve_eps(value, world: dict | None, key: str) -> float:
+    """A radius from the config: a number, "2/255", or "world" (the embedded world's epsilon)."""
+    if value == "world":
+        if world is None:
+            raise UserError(f"{key}=world needs a built world (`robust-w2s pretrain`) or a number like 2/255")
+        return float(world["epsilon"])
+    try:
+        return parse_eps(value)
+    except ValueError as error:
+        raise UserError(f"{key}: {error}") from None
+
+
+def alignment_data(config: AlignConfig, plan: Plan, world: dict | None, home):
+    """(dataset, class names, templates). The label column is REMOVED unless a method of the plan
+    declares labels: methods defined without labels receive a dataset that has none."""
+    data = config.data
+    dataset = load_image_dataset(data.dataset, home=home)
+    if data.image_column not in dataset.column_names:
+        raise UserError(f"alignment dataset has no column {data.image_column!r} (columns: {dataset.column_names})")
+    embedded = data.dataset.startswith("embedded:") and world is not None
+    task = world["alignment_task"] if embedded else None
+    classnames = data.classnames or (world["classnames"][task] if embedded else class_names(dataset, data.label_column))
+    templates = data.templates or (world["templates"][task] if embedded else DEFAULT_TEMPLATES)
+    keep = [data.image_column] + ([data.label_column] if "labels" in plan.needs else [])
+    if "labels" in plan.needs and data.label_column not in dataset.column_names:
+        raise UserError(f"method {config.method.name!r} needs labels: no column {data.label_column!r}")
+    dataset = dataset.remove_columns([c for c in dataset.column_names if c not in keep])
+    return dataset, list(classnames), list(templates)
+
+
+class PixelView(torch.utils.data.Dataset):
+    """Row i of an image dataset as {"index", "pixels" in [0, 1], and "label" if the column exists}."""
+
+    def __init__(self, dataset: datasets.Dataset, transform, image_column: str, label_column: str):
+        if isinstance(dataset.features[image_column], datasets.Image):
+            dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+        self.dataset, self.transform = dataset, transform
+        self.image_column, self.label_column = image_column, label_column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.dataset[int(i)]
+        item = {"index": int(i), "pixels": self.transform(decode_image(row[self.image_column], i))}
+        if self.label_column in row:
+            item["label"] = row[self.label_column]
+        return item
+
+
+def batches(view: PixelView, batch_size: int, seed: int, dist: Dist, start_step: int, workers: int):
+    """Endless (step, batch) from ``start_step``: epoch e is DistributedSampler's permutation for
+    (seed, e), cut into per-rank batches; the position is a function of the step, so resuming
+    at step k continues with exactly the batch an uninterrupted run would see."""
+    per_rank = batch_size // dist.world_size
+    sampler = DistributedSampler(range(len(view)), num_replicas=dist.world_size, rank=dist.rank,
+                                 shuffle=True, seed=seed, drop_last=True)
+    per_epoch = len(sampler) // per_rank
+    if per_epoch == 0:
+        raise UserError(f"batch size {batch_size} exceeds the alignment set ({len(view)} images)")
+    step = start_step
+    while True:
+        epoch, position = divmod(step, per_epoch)
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        chunks = [order[i * per_rank:(i + 1) * per_rank] for i in range(position, per_epoch)]
+        for batch in DataLoader(view, batch_sampler=chunks, num_workers=workers):
+            yield step, {"epoch": epoch, "position": position}, batch
+            step, position = step + 1, position + 1
+
+
+def load_student(spec: str, home, device, classnames, templates):
+    """(open_clip model, tokenizer, classifier): image tower trainable, text tower frozen."""
+    model, _, tokenizer = load_model(spec, home=home, device=str(device))
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith("visual."))
+    return model, tokenizer, ZeroShotClassifier(model, tokenizer, classnames, templates)
+
+
+def load_frozen(model, classifier: ZeroShotClassifier) -> ZeroShotClassifier:
+    """S0: a frozen copy of the student as it starts, sharing the student's text head."""
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    return ZeroShotClassifier(frozen, None, text_head=classifier.text_head)
+
+
+def load_teacher(spec: str, home, device, classnames, templates, image_size) -> ZeroShotClassifier:
+    model, _, tokenizer = load_model(spec, home=home, device=str(device))
+    model.requires_grad_(False)
+    teacher_size = eval_transform(model, normalize=False).transforms[0].size
+    if _side(teacher_size) != _side(image_size):
+        raise UserError(f"teacher {spec} takes {teacher_size} images, the student {image_size}: they must match")
+    return ZeroShotClassifier(model, tokenizer, classnames, templates)
+
+
+def _side(size) -> int:
+    return size if isinstance(size, int) else max(size)
+
+
+@torch.no_grad()
+def teacher_cache(teacher: ZeroShotClassifier, view: PixelView, dist: Dist, batch_size: int = 256,
+                  workers: int = 0) -> torch.Tensor:
+    """p_T(x) for every alignment image, [N, K] float32 on the CPU: the teacher is frozen, so its
+    clean outputs are computed once, before training, and read per batch. Under DDP each process
+    computes one contiguous shard and the shards are gathered, so every process holds all of it."""
+    teacher.eval()
+    shard = -(-len(view) // dist.world_size)  # ceil: every shard has the same length for all_gather
+    indices = range(dist.rank * shard, min(len(view), (dist.rank + 1) * shard))
+    probs = [teacher(batch["pixels"].to(dist.device)).float().softmax(dim=-1)
+             for batch in DataLoader(torch.utils.data.Subset(view, indices), batch_size=batch_size,
+                                     num_workers=workers)]
+    mine = torch.cat(probs) if probs else torch.empty(0, teacher.text_head.shape[1], device=dist.device)
+    if dist.world_size == 1:
+        return mine.cpu()
+    padded = torch.zeros(shard, mine.shape[1], device=dist.device)
+    padded[:len(mine)] = mine
+    shards = [torch.empty_like(padded) for _ in range(dist.world_size)]
+    torch_dist.all_gather(shards, padded)
+    return torch.cat(shards)[:len(view)].cpu()
+
+
+def median_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """kappa = median over the alignment set of the teacher's entropy (EUR), a 0-d tensor."""
+    return entropy(probs).median()
+
+
+def optimizer_and_schedule(module, optim, steps: int):
+    """AdamW over ``module`` with timm's weight-decay exclusions, and a per-step warm-up + cosine."""
+    optimizer = timm.optim.create_optimizer_v2(module, "adamw", lr=optim.lr, weight_decay=optim.weight_decay)
+    scheduler = timm.scheduler.CosineLRScheduler(
+        optimizer, t_initial=steps, lr_min=optim.min_lr, warmup_t=optim.warmup_steps,
+        warmup_lr_init=optim.lr / 100, warmup_prefix=True, t_in_epochs=False)
+    scheduler.step_update(0)
+    return optimizer, scheduler

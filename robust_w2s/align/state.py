@@ -1,0 +1,120 @@
+"""The training state that ``--resume`` needs, in ``DIR/state/``, written atomically.
+
+``state/`` holds everything to continue a killed run by itself (the student's weights included),
+so a kill between writing ``checkpoint/`` and ``state/`` can never pair weights of one step with
+an optimizer of another:
+    student.safetensors   the student's weights at ``step``
+    ema.safetensors       the EMA weights (only when EMA is on)
+    train_state.pt        optimizer, scheduler, step, data position, RNG states of every rank
+                          (tensors and plain types only: read back with ``weights_only=True``)
+    config.json           the run's config, to refuse resuming with different settings
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+
+# Settings that may change on --resume: they do not change the trajectory of the weights.
+RESUMABLE_CHANGES = ("train.device", "train.eval_every", "train.log_every", "data.workers", "check.")
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield a staging folder; on success it replaces ``path`` (fsynced), so that at every instant
+    ``path`` holds either the old or the new complete folder. On error the staging is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield staging
+        for file in staging.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        previous = path.with_name(f".{path.name}.old")
+        if path.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(path, previous)
+        os.replace(staging, path)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        shutil.rmtree(previous, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict:
+    """This process's RNG states: the named generators plus torch's global CPU (and CUDA) RNG."""
+    state = {name: gen.get_state() for name, gen in generators.items()}
+    state["torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict, generators: dict[str, torch.Generator]) -> None:
+    for name, gen in generators.items():
+        gen.set_state(state[name])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_state(folder: Path, *, model, ema, optimizer, scheduler, step: int, data_position: dict,
+               rng: list[dict], config: dict) -> None:
+    """Write ``folder`` (see the module docstring) atomically. ``rng`` has one entry per rank."""
+    with atomic_folder(folder) as staging:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  staging / "student.safetensors")
+        if ema is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()},
+                      staging / "ema.safetensors")
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "data_position": data_position, "rng": rng}, staging / "train_state.pt")
+        (staging / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def load_state(folder: Path, config: dict) -> dict:
+    """Read ``folder`` back; a missing folder or a config that changed the trajectory is a UserError."""
+    if not (folder / "train_state.pt").is_file():
+        raise UserError(f"--resume: no training state in {folder} (start without --resume)")
+    saved = json.loads((folder / "config.json").read_text())
+    changed = [key for key in _diff(saved, config) if not key.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        raise UserError(f"--resume with a different config: {changed[0]} was "
+                        f"{_lookup(saved, changed[0])!r}, now {_lookup(config, changed[0])!r}")
+    state = torch.load(folder / "train_state.pt", weights_only=True, map_location="cpu")
+    state["student"] = load_file(folder / "student.safetensors")
+    if (folder / "ema.safetensors").is_file():
+        state["ema"] = load_file(folder / "ema.safetensors")
+    return state
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for key in keys:
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _diff(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _lookup(data: dict, dotted: str):
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
