@@ -20,6 +20,11 @@ TINY_CONFIG = {"embed_dim": 16,
 
 
 @pytest.fixture(scope="session")
+def tiny_world_config():
+    return TINY_WORLD
+
+
+@pytest.fixture(scope="session")
 def world_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("rw2s_home")
     build_world(home, TINY_WORLD)

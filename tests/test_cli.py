@@ -8,12 +8,10 @@ import pytest
 from robust_w2s.cli import main
 from robust_w2s.world.build import build_world
 
-from conftest import TINY_WORLD
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_zeroshot_json_follows_the_contract(world_home, tmp_path, capsys):
+def test_zeroshot_json_follows_the_contract(world_home, tiny_world_config, tmp_path, capsys):
     output = tmp_path / "zs.json"
     assert main(["zeroshot", "--model", "embedded:strong", "--suite", "embedded",
                  "--home", str(world_home), "--output", str(output)]) == 0
@@ -22,7 +20,7 @@ def test_zeroshot_json_follows_the_contract(world_home, tmp_path, capsys):
     assert report["model"] == "embedded:strong"
     assert list(report["tasks"]) == world["tasks"]
     for row in report["tasks"].values():
-        assert row["n"] == TINY_WORLD.test_size and 0.0 <= row["clean_acc"] <= 1.0
+        assert row["n"] == tiny_world_config.test_size and 0.0 <= row["clean_acc"] <= 1.0
     printed = capsys.readouterr().out
     assert all(task in printed for task in world["tasks"])
 
@@ -36,12 +34,12 @@ def test_zeroshot_agrees_with_the_build_measurement(world_home, tmp_path):
         assert row["clean_acc"] == pytest.approx(measured[task]["clean_acc"])
 
 
-def test_world_record_and_cache_reuse(world_home):
+def test_world_record_and_cache_reuse(world_home, tiny_world_config):
     record = json.loads((world_home / "world" / "world.json").read_text())
-    assert record["epsilon"] == TINY_WORLD.epsilon and record["alignment_task"] in record["tasks"]
+    assert record["epsilon"] == tiny_world_config.epsilon and record["alignment_task"] in record["tasks"]
     weights = world_home / "world" / "strong" / "open_clip_model.safetensors"
     stamp = weights.stat().st_mtime_ns
-    assert build_world(world_home, TINY_WORLD) == record
+    assert build_world(world_home, tiny_world_config) == record
     assert weights.stat().st_mtime_ns == stamp, "a cached world must not be rebuilt"
 
 

@@ -100,7 +100,7 @@ def test_protocols_have_the_published_values():
     assert fare.eps == pytest.approx((2 / 255, 4 / 255)) and fare.attacks == ("apgd",)
     assert fare.n_samples == 1000 and fare.seed == 0
     assert aa.eps == pytest.approx((2 / 255,)) and aa.attacks == ("autoattack",) and aa.n_samples == 1000
-    assert set(PROTOCOLS) == {"tecoa", "fare", "autoattack"}
+    assert {"tecoa", "fare", "autoattack"} <= set(PROTOCOLS)  # "embedded" is added at run time from the world
     with pytest.raises(ValueError, match="attacks"):
         Protocol("bad", (1 / 255,), ("fgsm",), 10, None, 0)
     with pytest.raises(ValueError, match="eps"):
