@@ -11,3 +11,4 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 bench/attack_overhead.py --batch 32 --steps 10 --repeats 5 2>&1 | tee ${OUT:-/tmp}/attack_overhead.log
+python3 bench/align_step.py --device cuda --batch 64 --repeats 5 2>&1 | tee ${OUT:-/tmp}/align_step.log
