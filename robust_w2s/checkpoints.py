@@ -2,11 +2,13 @@
 ``open_clip_config.json`` (``{"model_cfg": ..., "preprocess_cfg": ...}``), written atomically."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import open_clip
 import torch
@@ -19,12 +21,32 @@ WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+@contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield a staging folder; on success it replaces ``path`` (fsynced), so that at every instant
+    ``path`` holds either the old or the new complete folder. On error the staging is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        yield staging
+        for file in staging.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        # A folder cannot be renamed over a non-empty one: move the old one aside first.
+        previous = path.with_name(f".{path.name}.old")
+        if path.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(path, previous)
+        os.replace(staging, path)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        shutil.rmtree(previous, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_cfg: dict | None = None,
@@ -39,30 +61,13 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_cfg: dict |
     model_cfg = model_cfg or getattr(model, "rw2s_model_cfg", None)
     if model_cfg is None:
         raise ValueError("save_checkpoint needs the model's open_clip config (model_cfg=...)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_folder(path) as staging:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, staging / WEIGHTS_FILE)
         config = {"model_cfg": model_cfg, "preprocess_cfg": open_clip.get_model_preprocess_cfg(model)}
         if extra:
             config["robust_w2s"] = extra
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        for file in staging.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-        # A folder cannot be renamed over a non-empty one: move the old one aside first, so
-        # that at every instant either the old or the new checkpoint is complete at ``path``.
-        previous = path.with_name(f".{path.name}.old")
-        if path.exists():
-            shutil.rmtree(previous, ignore_errors=True)
-            os.replace(path, previous)
-        os.replace(staging, path)
-        _fsync_dir(path.parent)
-        shutil.rmtree(previous, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return path
 
 

@@ -19,6 +19,16 @@ TINY_CONFIG = {"embed_dim": 16,
                "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 
 
+@pytest.fixture
+def single_thread():
+    """Run a test on one thread: for tiny tensors on a busy 2-core machine, intra-op thread
+    synchronization costs ~10 ms per op, more than the ops themselves. Restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_world_config():
     return TINY_WORLD

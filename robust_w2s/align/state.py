@@ -11,48 +11,17 @@ an optimizer of another:
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..checkpoints import atomic_folder
 from ..errors import UserError
 
 # Settings that may change on --resume: they do not change the trajectory of the weights.
 RESUMABLE_CHANGES = ("train.device", "train.eval_every", "train.log_every", "data.workers", "check.")
-
-
-@contextlib.contextmanager
-def atomic_folder(path: Path) -> Iterator[Path]:
-    """Yield a staging folder; on success it replaces ``path`` (fsynced), so that at every instant
-    ``path`` holds either the old or the new complete folder. On error the staging is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        yield staging
-        for file in staging.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-        previous = path.with_name(f".{path.name}.old")
-        if path.exists():
-            shutil.rmtree(previous, ignore_errors=True)
-            os.replace(path, previous)
-        os.replace(staging, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        shutil.rmtree(previous, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from attacks import pgd
-from ..checkpoints import read_checkpoint_config, save_checkpoint
+from ..checkpoints import atomic_folder, read_checkpoint_config, save_checkpoint
 from ..data import iterate_batches, load_image_dataset
 from ..home import resolve_home
 from ..models import eval_transform, load_model
@@ -157,12 +156,9 @@ def tecoa_robustify(model, tokenizer, alignment, settings: RobustSettings, seed:
 
 
 def _save_dataset(dataset, folder: Path) -> None:
-    """save_to_disk into a temp folder, then rename: a killed build never leaves half a split."""
-    staging = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    dataset.save_to_disk(str(staging))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(staging, folder)
+    """save_to_disk atomically: a killed build never leaves half a split."""
+    with atomic_folder(folder) as staging:
+        dataset.save_to_disk(str(staging))
 
 
 def _stage_done(folder: Path, fingerprint: str) -> bool:

@@ -18,8 +18,5 @@ def tiny_config():
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(single_thread):
     yield
-    torch.set_num_threads(previous)

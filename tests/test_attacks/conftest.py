@@ -77,13 +77,8 @@ def tm():
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    # The tensors here are tiny: on a busy 2-core machine, intra-op thread synchronization
-    # costs ~10 ms per op, more than the ops themselves. Restored so other suites keep theirs.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(single_thread):
     yield
-    torch.set_num_threads(previous)
 
 
 class Quantized(nn.Module):
