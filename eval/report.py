@@ -84,7 +84,8 @@ def plot_robust_vs_eps(records: list[dict], path: Path) -> None:
         means = [100 * sum(by_eps[e].values()) / len(by_eps[e]) for e in eps_values]
         axis.plot([255 * e for e in eps_values], means, marker="o", label=model)
     axis.set_xlabel("epsilon (x/255, Linf)")
-    axis.set_ylabel("robust accuracy, % (worst case, mean over datasets)")
+    axis.set_ylabel("robust accuracy (%)")
+    axis.set_title("worst case over attacks, mean over datasets", fontsize=9)
     axis.set_ylim(0, 100)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
