@@ -99,7 +99,8 @@ def contrastive_pretrain(settings: PretrainSettings, seed: int, image_size: int)
     images, captions = corpus_arrays(settings.corpus, settings.corpus_size, seed, image_size)
     images = torch.from_numpy(images).permute(0, 3, 1, 2)
     tokens = tokenizer(captions)
-    classifier = ZeroShotClassifier(model, tokenizer, text_head=torch.zeros(1, 1))  # for normalization
+    # The classifier is the one place that normalizes pixels; its (dummy) text head is unused here.
+    classifier = ZeroShotClassifier(model, tokenizer, text_head=torch.zeros(1, 1))
     optimizer, scheduler = _optimizer(model, settings.lr, settings.weight_decay, settings.steps, settings.warmup)
     loss_fn = open_clip.ClipLoss()
     order = torch.Generator().manual_seed(seed)
