@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from robust_w2s import ZeroShotClassifier, load_model
+from robust_w2s.checkpoints import atomic_write_text
 from robust_w2s.models import eval_transform
 
 from .registry import Benchmark
@@ -27,12 +27,6 @@ def eps_label(eps: float) -> str:
     """4/255 for eps = 4/255; the plain number when eps is not a multiple of 1/255."""
     scaled = eps * 255
     return f"{round(scaled):g}/255" if abs(scaled - round(scaled)) < 1e-6 else f"{eps:g}"
-
-
-def _write_json(path: Path, record: dict) -> None:
-    staging = path.with_suffix(".json.partial")
-    staging.write_text(json.dumps(record, indent=2))
-    os.replace(staging, path)
 
 
 def run_eval(model_spec: str, benchmarks: list[Benchmark], settings: EvalSettings, output_dir: str | Path,
@@ -63,6 +57,6 @@ def run_eval(model_spec: str, benchmarks: list[Benchmark], settings: EvalSetting
                 "device": device, "versions": package_versions(),
             }
             name = f"{_slug(model_spec)}__{_slug(record['dataset'])}__{row['attack']}__eps{_slug(record['eps_label'])}"
-            _write_json(output_dir / f"{name}.json", record)
+            atomic_write_text(output_dir / f"{name}.json", json.dumps(record, indent=2))
             records.append(record)
     return records

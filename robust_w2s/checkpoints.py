@@ -21,6 +21,17 @@ WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path``, fsync, then rename over ``path``."""
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.partial")
+    with open(staging, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, path)
+
+
 @contextlib.contextmanager
 def atomic_folder(path: Path) -> Iterator[Path]:
     """Yield a staging folder; on success it replaces ``path`` (fsynced), so that at every instant

@@ -18,7 +18,7 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..checkpoints import save_checkpoint
+from ..checkpoints import atomic_write_text, save_checkpoint
 from ..errors import UserError
 from ..models import eval_transform
 from .check import ZeroShotCheck
@@ -214,9 +214,7 @@ class _Log:
         path.parent.mkdir(parents=True, exist_ok=True)
         lines = [] if fresh or not path.is_file() else path.read_text().splitlines()
         kept = [line for line in lines if json.loads(line).get("step", 0) <= start]
-        staging = path.with_suffix(".jsonl.partial")
-        staging.write_text("".join(line + "\n" for line in kept))
-        os.replace(staging, path)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         if self.enabled:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from attacks import pgd
-from ..checkpoints import atomic_folder, read_checkpoint_config, save_checkpoint
+from ..checkpoints import atomic_folder, atomic_write_text, read_checkpoint_config, save_checkpoint
 from ..data import iterate_batches, load_image_dataset
 from ..home import resolve_home
 from ..models import eval_transform, load_model
@@ -253,7 +253,5 @@ def build_world(home: str | os.PathLike | None = None, config: WorldConfig = Wor
         "fingerprint": fingerprint,
         "measured": measure(home, config),
     }
-    staging = record_file.with_suffix(".json.partial")
-    staging.write_text(json.dumps(record, indent=2))
-    os.replace(staging, record_file)
+    atomic_write_text(record_file, json.dumps(record, indent=2))
     return record
