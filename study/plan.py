@@ -1,0 +1,103 @@
+"""The reference study as data: which models it trains, how it evaluates them, what each table shows.
+
+Every run is an alignment config of ``configs/embedded/`` (the same budget for every method), at
+most with another teacher; the study adds nothing method-specific. ``StudySettings`` holds the
+evaluation sizes of a full and a ``--quick`` study.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "embedded"
+NATURAL_TEACHER, ROBUST_TEACHER = "embedded:weak", "embedded:weak-robust"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One alignment run of the study (trained once per seed)."""
+    name: str                   # model id in folders, results and report rows
+    config: str                 # configs/embedded/<config>.yaml
+    label: str                  # how tables name it
+    teacher: str = ROBUST_TEACHER  # the weak teacher (only read by methods that declare a teacher)
+    w2s: bool = False           # a weak-to-strong run: PGR is computed against its teacher
+
+    @property
+    def config_path(self) -> Path:
+        return CONFIG_DIR / f"{self.config}.yaml"
+
+
+RUNS: tuple[Run, ...] = (
+    Run("vanilla-w2s-natural", "vanilla-w2s", "vanilla W2S", NATURAL_TEACHER, w2s=True),
+    Run("adv-w2s-base-natural", "adv-w2s-base", "adversarial W2S", NATURAL_TEACHER, w2s=True),
+    Run("vanilla-w2s", "vanilla-w2s", "vanilla W2S", w2s=True),
+    Run("adv-w2s-base", "adv-w2s-base", "adversarial W2S (base)", w2s=True),
+    Run("adv-w2s-eur", "adv-w2s-eur", "base + EUR", w2s=True),
+    Run("adv-w2s-iar", "adv-w2s-iar", "base + IAR", w2s=True),
+    Run("adv-w2s", "adv-w2s", "Adv-W2S (EUR + IAR)", w2s=True),
+    Run("tecoa", "tecoa", "TeCoA (labels)"),
+    Run("pmg-aft", "pmg-aft", "PMG-AFT (labels)"),
+    Run("fare", "fare", "FARE"),
+    Run("agft", "agft", "AGFT"),
+)
+RUN_BY_NAME = {run.name: run for run in RUNS}
+
+# The world's own models, evaluated once (they do not depend on the study's seeds).
+WORLD_MODELS = {"weak": "embedded:weak", "weak-robust": "embedded:weak-robust", "strong": "embedded:strong"}
+WORLD_LABELS = {"weak": "natural weak teacher", "weak-robust": "robust weak teacher (TeCoA)",
+                "strong": "strong, undefended"}
+CEILING = "tecoa"  # DESIGN.md section 5: the strong ceiling is TeCoA with labels on the same data and budget
+
+# Table B (paper's Table 2): the defences side by side, with standard AutoAttack.
+TABLE_B = ("strong", "tecoa", "pmg-aft", "fare", "agft", "adv-w2s")
+# Table C (paper's Table 9): the ablation of Adv-W2S.
+TABLE_C = ("adv-w2s-base", "adv-w2s-eur", "adv-w2s-iar", "adv-w2s")
+# Models whose robust accuracy is traced against epsilon (plot).
+CURVE_MODELS = ("strong", "weak", "weak-robust", "vanilla-w2s", "adv-w2s", "tecoa", "fare")
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """Sizes of one study. Every run shares ``overrides`` (applied to every config alike)."""
+    seeds: tuple[int, ...] = (0, 1, 2)    # training seeds of every run
+    overrides: tuple[str, ...] = ()       # `--set` overrides for every run, e.g. train.steps=40
+    n_eval: int = 100                     # images per task: clean and PGD-20 at the world's epsilon
+    n_autoattack: int = 32                # images per task for standard AutoAttack (Table B models)
+    autoattack_seeds: int = 1             # AutoAttack on the first this-many seeds (its cost on CPU)
+    autoattack_all_tasks: bool = True     # False: AutoAttack on the alignment task only
+    n_curve: int = 32                     # images per task for the epsilon curve
+    curve_eps: tuple[str, ...] = ("1/255", "2/255", "4/255", "8/255")
+    audit_samples: int = 32               # images per task for the gradient and large-eps audits
+    eval_seed: int = 0                    # the evaluation subsets: the same images for every model
+    quick: bool = False
+
+    def with_seeds(self, count: int) -> "StudySettings":
+        return replace(self, seeds=tuple(range(count)))
+
+
+FULL = StudySettings()
+# A smaller but complete study: every run, table and plot, one seed, fewer steps and images.
+# Standard AutoAttack costs ~35 s per task with any robust image left on 2 CPU cores, whatever the
+# number of images (its iteration counts dominate), so the quick study runs it on the alignment task.
+QUICK = StudySettings(seeds=(0,), overrides=("train.steps=30", "train.checkpoint_every=30"), n_eval=32,
+                      n_autoattack=16, autoattack_all_tasks=False, n_curve=16, audit_samples=16, quick=True)
+
+
+def run_overrides(run: Run, seed: int, settings: StudySettings) -> list[str]:
+    """The `--set` list that turns ``run.config`` into this study's run for ``seed``."""
+    # The training-time zero-shot check is off: the study evaluates every checkpoint afterwards.
+    return [f"teacher={run.teacher}", *settings.overrides, f"train.seed={seed}", "check.tasks=[]"]
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model the study evaluates: a world model, or one seed of a run."""
+    id: str                      # "strong", "adv-w2s/seed1"
+    group: str                   # "strong", "adv-w2s": what tables aggregate over seeds
+    seed: int | None = None      # None for the world's models
+
+
+def study_models(settings: StudySettings) -> list[Model]:
+    models = [Model(name, name) for name in WORLD_MODELS]
+    models += [Model(f"{run.name}/seed{seed}", run.name, seed) for run in RUNS for seed in settings.seeds]
+    return models

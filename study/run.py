@@ -1,0 +1,295 @@
+"""Running the study: jobs (train one run for one seed, evaluate one model), cached, run by a pool.
+
+Each job writes into its own folder and, last, a marker with its fingerprint (the job's fields,
+the world's fingerprint and the fingerprint of the job it needs), so a killed or repeated study
+redoes only what is missing or stale; a killed training resumes from its ``state/``.
+"""
+from __future__ import annotations
+
+import concurrent.futures as futures
+import hashlib
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from robust_w2s.checkpoints import atomic_write_text
+from robust_w2s.errors import UserError
+from robust_w2s.world.build import WorldConfig, build_world
+
+from .plan import (CURVE_MODELS, RUN_BY_NAME, RUNS, TABLE_B, WORLD_MODELS, StudySettings, run_overrides,
+                   study_models)
+
+MARKER = "study-job.json"
+PRIORITY = {"autoattack": 0, "train": 1, "main": 2, "curve": 3}  # long jobs first, so the pool ends level
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    key: str
+    model: str               # study model id, e.g. "adv-w2s/seed1"
+    folder: str
+    config: str              # YAML file
+    overrides: tuple[str, ...]
+    upstream: str            # the world's fingerprint
+    needs: str | None = None
+    kind: str = "train"
+
+    def run(self, home) -> None:
+        from robust_w2s.align import load_config, train
+
+        config = load_config(self.config, list(self.overrides))
+        folder = Path(self.folder)
+        if (folder / "state").is_dir():
+            try:  # a killed run continues where it stopped; a stale one (other config) starts over
+                train(config, folder, home=home, resume=True)
+                return
+            except UserError:
+                shutil.rmtree(folder)
+        train(config, folder, home=home)
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    key: str
+    model: str               # study model id
+    folder: str
+    kind: str                # "main" (clean + PGD), "autoattack" (Table B) or "curve" (epsilon curve)
+    spec: str                # model spec or checkpoint folder
+    attacks: tuple[str, ...]
+    eps: tuple[float, ...]
+    n_samples: int
+    eval_seed: int
+    audit_samples: int
+    upstream: str            # fingerprint of the training job (or of the world)
+    tasks: tuple[str, ...] = ()  # () = every task of the world
+    needs: str | None = None
+
+    def run(self, home) -> None:
+        from eval.benchmarks import EMBEDDED_PGD_STEPS, resolve
+        from eval.runner import EvalSettings
+        from eval.suite import run_eval
+        from eval.zeroshot import task_name
+
+        folder = Path(self.folder)
+        for stale in folder.glob("*.json"):
+            stale.unlink()
+        benchmarks = [b for b in resolve("embedded", None, home) if not self.tasks or task_name(b) in self.tasks]
+        settings = EvalSettings(attacks=self.attacks, eps=self.eps, pgd_steps=EMBEDDED_PGD_STEPS,
+                                n_samples=self.n_samples, seed=self.eval_seed, audit_samples=self.audit_samples)
+        run_eval(self.spec, benchmarks, settings, folder, home=home, protocol="embedded")
+
+
+Job = TrainJob | EvalJob
+
+
+def fingerprint(job: Job) -> str:
+    return hashlib.sha256(json.dumps(asdict(job), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def is_done(job: Job) -> bool:
+    marker = Path(job.folder) / MARKER
+    return marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint(job)
+
+
+def job_seconds(job: Job) -> float:
+    marker = Path(job.folder) / MARKER
+    return json.loads(marker.read_text())["seconds"] if marker.is_file() else 0.0
+
+
+def plan_jobs(settings: StudySettings, work: Path, world: dict) -> list[Job]:
+    """Every job of the study, each after the job it needs; Table B runs of the first seed first."""
+    from attacks import parse_eps
+
+    world_fp, eps = world["fingerprint"], float(world["epsilon"])
+    curve_eps = tuple(sorted(parse_eps(e) for e in settings.curve_eps))
+    order = sorted(RUNS, key=lambda run: run.name not in TABLE_B)
+    jobs: list[Job] = []
+    trained: dict[str, TrainJob] = {}
+    for seed in settings.seeds:
+        for run in order:
+            model = f"{run.name}/seed{seed}"
+            job = TrainJob(f"train {model}", model, str(work / "runs" / run.name / f"seed{seed}"),
+                           str(run.config_path), tuple(run_overrides(run, seed, settings)), world_fp)
+            trained[model] = job
+            jobs.append(job)
+
+    def evaluation(model, kind, attacks, eps_values, n_samples, tasks=()):
+        source = trained.get(model.id)
+        spec = str(Path(source.folder) / "checkpoint") if source else WORLD_MODELS[model.id]
+        suffix = f"/{tasks[0]}" if tasks else ""
+        return EvalJob(f"{kind} {model.id}{suffix}", model.id, str(work / "eval" / kind / f"{model.id}{suffix}"),
+                       kind, spec, attacks, eps_values, n_samples, settings.eval_seed, settings.audit_samples,
+                       fingerprint(source) if source else world_fp, tasks, source.key if source else None)
+
+    autoattack_seeds = set(settings.seeds[:settings.autoattack_seeds])
+    for model in study_models(settings):
+        jobs.append(evaluation(model, "main", ("pgd",), (eps,), settings.n_eval))
+        if model.group in TABLE_B and (model.seed is None or model.seed in autoattack_seeds):
+            # One job per task: standard AutoAttack is the study's longest work; finer jobs balance the pool.
+            tasks = world["tasks"] if settings.autoattack_all_tasks else [world["alignment_task"]]
+            jobs += [evaluation(model, "autoattack", ("pgd", "autoattack"), (eps,), settings.n_autoattack, (task,))
+                     for task in tasks]
+        if model.group in CURVE_MODELS:
+            jobs.append(evaluation(model, "curve", ("pgd",), curve_eps, settings.n_curve))
+    return jobs
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+def _execute(job: Job, home) -> float:
+    started = time.time()
+    job.run(home)
+    seconds = time.time() - started
+    atomic_write_text(Path(job.folder) / MARKER, json.dumps({"fingerprint": fingerprint(job), "key": job.key,
+                                                            "seconds": seconds}, indent=2))
+    return seconds
+
+
+class _InProcess(futures.Executor):
+    """One worker: run each job here, at submit time (no process start-up, the caller's threads)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as error:  # reported by the caller, like a pool's failed job
+            future.set_exception(error)
+        return future
+
+
+def execute(jobs: list[Job], home, workers: int) -> dict[str, str]:
+    """Run every job that is not done, ``workers`` at a time; returns {job key: error} of failures."""
+    todo = [job for job in jobs if not is_done(job)]
+    finished = {job.key for job in jobs if job not in todo}
+    failed: dict[str, str] = {}
+    if not todo:
+        return failed
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = (futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_init_worker, initargs=(threads,))
+            if workers > 1 else _InProcess())
+    bar = tqdm(total=len(todo), desc="study", unit="job", dynamic_ncols=True)
+    # Workers (started on demand) inherit this and start with their bars off: tqdm reads TQDM_* at
+    # import, so the study's own bar, already imported here, stays on.
+    quiet = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        _schedule(todo, finished, failed, pool, workers, home, bar)
+    except futures.process.BrokenProcessPool:
+        raise UserError("a worker process died (out of memory?); finished jobs are kept, "
+                        "run the same command again (or with --workers 1)") from None
+    finally:
+        bar.close()
+        if quiet is None:
+            os.environ.pop("TQDM_DISABLE")
+        else:
+            os.environ["TQDM_DISABLE"] = quiet
+    return failed
+
+
+def _schedule(todo: list[Job], finished: set[str], failed: dict[str, str], pool, workers: int, home, bar) -> None:
+    """Keep ``workers`` jobs running, a job only after the one it needs; record what fails."""
+    running: dict[futures.Future, Job] = {}
+    with pool:
+        while todo or running:
+            for job in sorted(todo, key=lambda j: PRIORITY[j.kind]):
+                if len(running) >= workers:
+                    break
+                if job.needs in failed:
+                    failed[job.key] = f"skipped: {job.needs} failed"
+                    todo.remove(job)
+                    bar.update(1)
+                elif job.needs is None or job.needs in finished:
+                    todo.remove(job)
+                    running[pool.submit(_execute, job, home)] = job
+            if not running:
+                continue
+            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                error = future.exception()
+                if error is None:
+                    finished.add(job.key)
+                    bar.set_postfix_str(f"{job.key} {future.result():.0f}s")
+                else:
+                    failed[job.key] = f"{type(error).__name__}: {error}"
+                    tqdm.write(f"study: {job.key} failed: {failed[job.key]}", file=sys.stderr)
+                bar.update(1)
+
+
+def collect(jobs: list[Job], settings: StudySettings, world: dict, wall_seconds: float, workers: int,
+            command: str) -> dict:
+    """results.json: the study's settings, the world, every training's config and every eval record."""
+    from eval.report import load_records
+    from eval.versions import package_versions
+    from robust_w2s.checkpoints import read_checkpoint_config
+
+    groups = {model.id: model for model in study_models(settings)}
+    records, training = [], {}
+    for job in jobs:
+        if isinstance(job, TrainJob):
+            checkpoint = read_checkpoint_config(Path(job.folder) / "checkpoint")["robust_w2s"]
+            log = [json.loads(line) for line in (Path(job.folder) / "log.jsonl").read_text().splitlines()]
+            last = [line for line in log if "loss" in line][-1]
+            training[job.model] = {"config": checkpoint["config"], "steps": checkpoint["step"],
+                                   "final_loss": last["loss"], "seconds": job_seconds(job)}
+            continue
+        model = groups[job.model]
+        for record in load_records(job.folder):
+            records.append({
+                "model": job.model, "group": model.group, "seed": model.seed, "kind": job.kind,
+                "task": record["dataset"], "attack": record["attack"], "eps": record["eps"],
+                "eps_label": record["eps_label"], "n_samples": record["n_samples"], "eval_seed": record["seed"],
+                "clean_acc": record["clean_acc"], "robust_acc": record["robust_acc"],
+                "worst_case_acc": record["worst_case_acc"], "audits_passed": record["audits_passed"],
+                "failed_audits": [f"{a['name']}: {a['detail']}" for a in record["audits"].values() if not a["passed"]],
+                "seconds": record["seconds"]})
+    records.sort(key=lambda r: (r["kind"], r["model"], r["task"], r["eps"], r["attack"]))
+    return {
+        "study": {"settings": asdict(settings), "runs": [asdict(run) for run in RUNS],
+                  "command": command,
+                  "wall_seconds": wall_seconds, "job_seconds": sum(job_seconds(job) for job in jobs),
+                  "workers": workers, "cpu_count": os.cpu_count(), "machine": platform.machine(),
+                  "versions": package_versions()},
+        "world": {key: world[key] for key in ("epsilon", "teacher_train_epsilon", "alignment_task", "tasks",
+                                             "seed", "fingerprint")},
+        "training": training,
+        "records": records,
+    }
+
+
+def run_study(settings: StudySettings, output_dir: str | Path, home=None, workers: int = 1,
+              report_dir: str | Path | None = None, command: str = "robust-w2s demo",
+              world_config: WorldConfig = WorldConfig()) -> Path:
+    """Build or reuse the world, run every missing job, write results.json and the report; return
+    the report's path. Raises UserError if a job failed (the others are kept for the next call)."""
+
+    from .report import write_report
+
+    started = time.time()
+    if not all(run.config_path.is_file() for run in RUN_BY_NAME.values()):
+        raise UserError(f"the study's configs are missing under {RUNS[0].config_path.parent}: "
+                        "run it from a source checkout (pip install -e .)")
+    output_dir = Path(output_dir)
+    world = build_world(home, world_config)
+    jobs = plan_jobs(settings, output_dir / "work", world)
+    failed = execute(jobs, home, workers)
+    if failed:
+        first = next(iter(failed.items()))
+        raise UserError(f"{len(failed)} study jobs failed (first: {first[0]}: {first[1]}); "
+                        "finished jobs are kept, run the same command again to retry")
+    results = collect(jobs, settings, world, time.time() - started, workers, command)
+    report_dir = Path(report_dir or output_dir)
+    return write_report(results, report_dir)
+

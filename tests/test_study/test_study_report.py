@@ -1,0 +1,132 @@
+"""The study's report: tables, PGR and the claims computed from results.json, and nothing else."""
+import json
+from pathlib import Path
+
+import pytest
+
+from study.plan import CURVE_MODELS, RUNS, TABLE_B, WORLD_MODELS
+from study.report import Results, build_markdown, claims, pgr, write_report
+
+REPO = Path(__file__).resolve().parents[2]
+TASKS = ["shape", "colour", "size-shape"]
+EPS = 4 / 255
+
+
+def fake_results(accuracy: dict, seeds=(0, 1)) -> dict:
+    """results.json with every study model; ``accuracy[group]`` = (clean, robust) per seed (lists)
+    or one pair for all seeds, the same on every task. Unlisted groups get (0.5, 0.1)."""
+    def pair(group, seed_index):
+        value = accuracy.get(group, (0.5, 0.1))
+        return value[seed_index] if isinstance(value, list) else value
+
+    records = []
+    models = [(name, name, None, 0) for name in WORLD_MODELS]
+    models += [(f"{run.name}/seed{s}", run.name, s, i) for run in RUNS for i, s in enumerate(seeds)]
+    for model, group, seed, index in models:
+        clean, robust = pair(group, index)
+        kinds = [("main", ("pgd",), (EPS,))]
+        if group in TABLE_B and index == 0:
+            kinds.append(("autoattack", ("pgd", "autoattack"), (EPS,)))
+        if group in CURVE_MODELS:
+            kinds.append(("curve", ("pgd",), (1 / 255, EPS)))
+        for kind, attacks, eps_values in kinds:
+            for task in TASKS:
+                for eps in eps_values:
+                    for attack in attacks:
+                        robust_acc = robust - (0.01 if attack == "autoattack" else 0.0)
+                        records.append({"model": model, "group": group, "seed": seed, "kind": kind, "task": task,
+                                        "attack": attack, "eps": eps, "eps_label": f"{round(eps * 255)}/255",
+                                        "n_samples": 10, "eval_seed": 0, "clean_acc": clean,
+                                        "robust_acc": robust_acc, "worst_case_acc": robust - 0.01,
+                                        "audits_passed": True, "failed_audits": [], "seconds": 1.0})
+    settings = {"seeds": list(seeds), "overrides": [], "n_eval": 10, "n_autoattack": 10, "autoattack_seeds": 1,
+                "autoattack_all_tasks": True, "n_curve": 10, "curve_eps": ["1/255", "4/255"], "audit_samples": 5,
+                "eval_seed": 0, "quick": False}
+    return {"study": {"settings": settings, "runs": [run.__dict__ | {} for run in RUNS], "command": "robust-w2s demo",
+                      "wall_seconds": 60.0, "job_seconds": 100.0, "workers": 2, "cpu_count": 2},
+            "world": {"epsilon": EPS, "teacher_train_epsilon": 3 / 255, "alignment_task": "shape", "tasks": TASKS,
+                      "seed": 0, "fingerprint": "f"},
+            "training": {f"{run.name}/seed{s}": {"steps": 100} for run in RUNS for s in seeds},
+            "records": records}
+
+
+def _claim(results: dict, key: str):
+    return next(c for c in claims(Results(results)) if c.key == key)
+
+
+def test_committed_report_is_rebuilt_from_committed_json():
+    """docs/results.md is exactly what the builder makes of docs/results.json."""
+    raw = json.loads((REPO / "docs" / "results.json").read_text())
+    assert build_markdown(raw) == (REPO / "docs" / "results.md").read_text()
+
+
+def test_mean_and_std_over_seeds_in_tables():
+    text = build_markdown(fake_results({"adv-w2s": [(0.6, 0.2), (0.8, 0.4)]}))
+    row = next(line for line in text.splitlines() if line.startswith("| Adv-W2S (EUR + IAR) | 70.0"))
+    assert "70.0 ± 14.1 | 30.0 ± 14.1" in row  # ID clean, ID robust: mean ± sample std of two seeds
+
+
+def test_pgr_uses_each_seeds_ceiling_and_refuses_a_tiny_gap():
+    results = Results(fake_results({"weak-robust": (0.4, 0.3), "tecoa": [(0.8, 0.5), (0.6, 0.7)],
+                                    "adv-w2s": [(0.6, 0.4), (0.5, 0.5)]}))
+    clean, _ = pgr(results, "adv-w2s", "clean", "zero-shot")
+    assert clean.values == pytest.approx(((0.6 - 0.4) / (0.8 - 0.4), (0.5 - 0.4) / (0.6 - 0.4)))
+    robust, _ = pgr(results, "adv-w2s", "pgd", "zero-shot")
+    assert robust.values == pytest.approx((0.5, 0.5))
+    # ceiling only 1 point above the teacher on one seed: no ratio, the gap is reported instead
+    tiny = Results(fake_results({"weak-robust": (0.4, 0.3), "tecoa": [(0.8, 0.31), (0.8, 0.5)]}))
+    value, gap = pgr(tiny, "adv-w2s", "pgd", "ID")
+    assert value is None and gap == pytest.approx((0.01 + 0.2) / 2)
+
+
+def test_pgr_of_a_natural_teacher_run_is_against_the_natural_teacher():
+    results = Results(fake_results({"weak": (0.2, 0.0), "weak-robust": (0.4, 0.3), "tecoa": (0.6, 0.4),
+                                    "adv-w2s-base-natural": (0.4, 0.2)}))
+    value, _ = pgr(results, "adv-w2s-base-natural", "clean", "ID")
+    assert value.mean == pytest.approx((0.4 - 0.2) / (0.6 - 0.2))
+
+
+@pytest.mark.parametrize("vanilla, verdict", [(0.15, "holds"), (0.18, "does not hold"), (0.05, "holds")])
+def test_claim_a_is_the_share_of_the_teachers_advantage(vanilla, verdict):
+    # strong 0.10, teacher 0.28: the student gains (vanilla - 0.10) / 0.18 of the teacher's advantage
+    results = fake_results({"strong": (0.9, 0.10), "weak-robust": (0.6, 0.28), "vanilla-w2s": (0.8, vanilla)})
+    assert _claim(results, "a").verdict == verdict
+
+
+def test_claim_a_without_a_robustness_advantage_cannot_be_tested():
+    results = fake_results({"strong": (0.9, 0.10), "weak-robust": (0.6, 0.11)})
+    assert _claim(results, "a").verdict == "cannot be tested"
+
+
+def test_claim_b_needs_robustness_beyond_noise_and_the_teacher():
+    base = {"strong": (0.9, 0.10), "weak": (0.7, 0.15)}
+    assert _claim(fake_results(base | {"adv-w2s-base-natural": [(0.7, 0.20), (0.7, 0.22)]}), "b").verdict == "holds"
+    assert _claim(fake_results(base | {"adv-w2s-base-natural": [(0.7, 0.12), (0.7, 0.14)]}), "b").verdict == "partly"
+    noisy = base | {"adv-w2s-base-natural": [(0.7, 0.05), (0.7, 0.35)]}  # mean 0.20, but std 0.21
+    assert _claim(fake_results(noisy), "b").verdict == "does not hold"
+
+
+def test_claim_c_each_component_against_the_base():
+    base = {"adv-w2s-base": (0.70, 0.20)}
+    both_better = base | {"adv-w2s-eur": (0.72, 0.22), "adv-w2s-iar": (0.75, 0.21)}
+    assert _claim(fake_results(both_better), "c").verdict == "holds"
+    iar_trades = base | {"adv-w2s-eur": (0.72, 0.22), "adv-w2s-iar": (0.75, 0.18)}
+    claim = _claim(fake_results(iar_trades), "c")
+    assert claim.verdict == "partly" and "+IAR: clean +5.0, robust -2.0" in claim.evidence
+
+
+@pytest.mark.parametrize("student, verdict", [((0.7, 0.35), "holds"), ((0.5, 0.35), "partly"),
+                                              ((0.5, 0.25), "does not hold")])
+def test_claim_d_needs_both_clean_and_robust_above_the_teacher(student, verdict):
+    results = fake_results({"weak-robust": (0.6, 0.30), "adv-w2s": student})
+    assert _claim(results, "d").verdict == verdict
+
+
+def test_failed_audits_are_listed(tmp_path):
+    results = fake_results({})
+    results["records"][0] |= {"audits_passed": False, "failed_audits": ["nested: autoattack-robust not pgd-robust"]}
+    text = build_markdown(results)
+    assert "failed an audit" in text and "nested: autoattack-robust not pgd-robust" in text
+    path = write_report(results, tmp_path)
+    assert path.read_text() == text and json.loads((tmp_path / "results.json").read_text()) == results
+    assert (tmp_path / "results-robust-vs-eps.png").stat().st_size > 0

@@ -1,0 +1,107 @@
+"""The study's plan and runner on the tiny world: every model evaluated, finished jobs kept."""
+import dataclasses
+import json
+
+import pytest
+
+import study.run as study_run
+from robust_w2s.align import load_config
+from robust_w2s.align.config import to_dict
+from robust_w2s.errors import UserError
+from study.plan import QUICK, RUNS, WORLD_MODELS, run_overrides
+from study.run import EvalJob, TrainJob, fingerprint, plan_jobs
+
+TINY_STUDY = dataclasses.replace(
+    QUICK, overrides=("train.steps=2", "train.batch_size=16", "train.checkpoint_every=2", "attack.steps=1",
+                      "attack.refine_steps=1", "optim.warmup_steps=1"),
+    n_eval=6, n_autoattack=2, n_curve=4, curve_eps=("2/255", "4/255"), audit_samples=4)
+WORLD = {"fingerprint": "world-1", "epsilon": 4 / 255, "tasks": ["shape", "colour"], "alignment_task": "shape"}
+
+
+def test_natural_teacher_runs_differ_from_their_robust_twin_only_in_the_teacher():
+    by_name = {run.name: run for run in RUNS}
+    for natural, robust in (("vanilla-w2s-natural", "vanilla-w2s"), ("adv-w2s-base-natural", "adv-w2s-base")):
+        configs = [to_dict(load_config(by_name[name].config_path, run_overrides(by_name[name], 0, QUICK)))
+                   for name in (natural, robust)]
+        assert configs[0]["teacher"] == "embedded:weak" and configs[1]["teacher"] == "embedded:weak-robust"
+        assert {**configs[0], "teacher": None} == {**configs[1], "teacher": None}
+
+
+def test_every_method_of_the_registry_is_in_the_study():
+    from robust_w2s.align import METHODS
+    methods = {load_config(run.config_path).method.name for run in RUNS}
+    assert methods == set(METHODS)
+
+
+def test_plan_orders_jobs_after_what_they_need_and_chains_fingerprints(tmp_path):
+    jobs = plan_jobs(TINY_STUDY, tmp_path, WORLD)
+    keys = [job.key for job in jobs]
+    for index, job in enumerate(jobs):
+        if job.needs is not None:
+            assert keys.index(job.needs) < index
+    trains = [job for job in jobs if isinstance(job, TrainJob)]
+    assert len(trains) == len(RUNS) * len(TINY_STUDY.seeds)
+    evals = {job.key: job for job in jobs if isinstance(job, EvalJob)}
+    assert {f"main {name}" for name in WORLD_MODELS} <= evals.keys()
+    # quick study: AutoAttack only on the alignment task
+    assert {job.tasks for job in evals.values() if job.kind == "autoattack"} == {("shape",)}
+    # a changed training changes the fingerprint of every evaluation of its checkpoint
+    other = plan_jobs(dataclasses.replace(TINY_STUDY, overrides=TINY_STUDY.overrides + ("optim.lr=1e-3",)),
+                      tmp_path, WORLD)
+    before = {job.key: fingerprint(job) for job in jobs}
+    after = {job.key: fingerprint(job) for job in other}
+    assert before["main tecoa/seed0"] != after["main tecoa/seed0"]
+    assert before["main strong"] == after["main strong"]
+
+
+def test_study_runs_every_job_keeps_finished_ones_and_retries_a_failure(world_home, tiny_world_config, tmp_path,
+                                                                      monkeypatch, single_thread):
+    def run_study():
+        return study_run.run_study(TINY_STUDY, tmp_path / "demo", home=world_home, world_config=tiny_world_config)
+
+    monkeypatch.setattr(study_run, "TABLE_B", ("strong", "adv-w2s"))  # AutoAttack: the costly part
+    original = TrainJob.run
+
+    def fail_fare(self, home):
+        if self.model.startswith("fare/"):
+            raise RuntimeError("injected")
+        original(self, home)
+
+    monkeypatch.setattr(TrainJob, "run", fail_fare)
+    with pytest.raises(UserError, match="failed"):
+        run_study()
+    monkeypatch.setattr(TrainJob, "run", original)
+
+    executed = []
+    real_execute = study_run._execute
+    monkeypatch.setattr(study_run, "_execute", lambda job, home: executed.append(job.key) or real_execute(job, home))
+    report = run_study()
+    # the retry ran the failed training and the evaluations that needed it, nothing else
+    assert sorted(executed) == ["curve fare/seed0", "main fare/seed0", "train fare/seed0"]
+
+    results = json.loads((report.parent / "results.json").read_text())
+    tasks = json.loads((world_home / "world" / "world.json").read_text())["tasks"]
+    main = {(r["model"], r["task"]) for r in results["records"] if r["kind"] == "main"}
+    models = [*WORLD_MODELS, *(f"{run.name}/seed0" for run in RUNS)]
+    assert main == {(model, task) for model in models for task in tasks}
+    assert all(r["n_samples"] == TINY_STUDY.n_eval for r in results["records"] if r["kind"] == "main")
+    assert results["training"]["adv-w2s/seed0"]["config"]["train"]["steps"] == 2
+    text = report.read_text()
+    assert all(f"**({key})" in text for key in "abcd")
+
+    executed.clear()
+    run_study()
+    assert executed == []
+
+
+@pytest.mark.parametrize("arguments, named", [
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--set", "optim.nope=1"], "unknown config key 'optim.nope'"),
+    (["--set", "optim.lr=fast"], "optim.lr"),
+])
+def test_demo_bad_input_exits_2_with_one_line(tmp_path, arguments, named):
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "robust_w2s.cli", "demo", *arguments, "--home", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and named in result.stderr, result.stderr
