@@ -240,18 +240,18 @@ def claims(results: Results) -> list[Claim]:
     base_clean, base_robust = clean("adv-w2s-base"), robust("adv-w2s-base")
     for name, group in (("EUR", "adv-w2s-eur"), ("IAR", "adv-w2s-iar")):
         d_clean, d_robust = clean(group).mean - base_clean.mean, robust(group).mean - base_robust.mean
-        noise = max(_beyond_noise(clean(group), base_clean), _beyond_noise(robust(group), base_robust))
-        better = [d > noise for d in (d_clean, d_robust)]
-        worse = [d < -noise for d in (d_clean, d_robust)]
+        noise = (_beyond_noise(clean(group), base_clean), _beyond_noise(robust(group), base_robust))
+        better = [d > n for d, n in zip((d_clean, d_robust), noise)]
+        worse = [d < -n for d, n in zip((d_clean, d_robust), noise)]
         verdicts.append("holds" if any(better) and not any(worse) and min(d_clean, d_robust) >= 0
                         else "partly" if any(better) else "does not hold")
-        parts.append(f"+{name}: clean {100 * d_clean:+.1f}, robust {100 * d_robust:+.1f} points "
-                     f"(seed noise ±{100 * noise:.1f}) → {verdicts[-1]}")
+        parts.append(f"+{name}: clean {100 * d_clean:+.1f} (noise ±{100 * noise[0]:.1f}), robust "
+                     f"{100 * d_robust:+.1f} (noise ±{100 * noise[1]:.1f}) points → {verdicts[-1]}")
     overall = "holds" if set(verdicts) == {"holds"} else "does not hold" if set(verdicts) == {"does not hold"} \
         else "partly"
     found.append(Claim("c", "EUR and IAR each improve over the base", overall,
-                       f"zero-shot, against the base {base_clean} clean / {base_robust} robust: " + "; ".join(parts)
-                       + "."))
+                       f"zero-shot, against the base {base_clean} clean / {base_robust} robust; noise = two "
+                       "standard errors of the difference over seeds: " + "; ".join(parts) + "."))
 
     # (d) the full student against its robust teacher, on the zero-shot tasks.
     student_clean, student_robust = clean("adv-w2s"), robust("adv-w2s")
@@ -408,19 +408,19 @@ def plot_clean_vs_robust(results: Results, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 5))
-    for group in results.members["main"]:
+    figure, axis = plt.subplots(figsize=(9, 5))
+    colours = plt.get_cmap("tab20").colors
+    for index, group in enumerate(results.members["main"]):
         x, y = results.stat(group, "clean", "zero-shot"), results.stat(group, "pgd", "zero-shot")
         run = results.runs.get(group)
         marker = "s" if run is None else "o" if run["w2s"] else "^"
-        axis.errorbar(100 * x.mean, 100 * y.mean, xerr=100 * x.std, yerr=100 * y.std, fmt=marker, capsize=2)
-        axis.annotate(results.label(group), (100 * x.mean, 100 * y.mean), fontsize=6,
-                      xytext=(3, 3), textcoords="offset points")
+        axis.errorbar(100 * x.mean, 100 * y.mean, xerr=100 * x.std, yerr=100 * y.std, fmt=marker, capsize=2,
+                      color=colours[index % len(colours)], markersize=7, label=results.label(group))
     axis.set_xlabel("zero-shot clean accuracy (%)")
     axis.set_ylabel(f"zero-shot PGD-20 accuracy at {round(255 * results.world['epsilon'])}/255 (%)")
-    axis.set_title("■ world models   ● weak-to-strong   ▲ other defences (error bars: std over seeds)",
-                   fontsize=8)
+    axis.set_title("■ world models   ● weak-to-strong   ▲ other defences (error bars: std over seeds)", fontsize=8)
     axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

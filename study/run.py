@@ -7,6 +7,7 @@ redoes only what is missing or stale; a killed training resumes from its ``state
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -148,8 +149,12 @@ def _init_worker(threads: int) -> None:
 
 
 def _execute(job: Job, home) -> float:
+    """Run ``job`` with its output (progress bars, warnings) in ``folder/job.log``, then mark it done."""
     started = time.time()
-    job.run(home)
+    folder = Path(job.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "job.log", "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
+        job.run(home)
     seconds = time.time() - started
     atomic_write_text(Path(job.folder) / MARKER, json.dumps({"fingerprint": fingerprint(job), "key": job.key,
                                                             "seconds": seconds}, indent=2))
@@ -180,10 +185,6 @@ def execute(jobs: list[Job], home, workers: int) -> dict[str, str]:
                                         initializer=_init_worker, initargs=(threads,))
             if workers > 1 else _InProcess())
     bar = tqdm(total=len(todo), desc="study", unit="job", dynamic_ncols=True)
-    # Workers (started on demand) inherit this and start with their bars off: tqdm reads TQDM_* at
-    # import, so the study's own bar, already imported here, stays on.
-    quiet = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
     try:
         _schedule(todo, finished, failed, pool, workers, home, bar)
     except futures.process.BrokenProcessPool:
@@ -191,10 +192,6 @@ def execute(jobs: list[Job], home, workers: int) -> dict[str, str]:
                         "run the same command again (or with --workers 1)") from None
     finally:
         bar.close()
-        if quiet is None:
-            os.environ.pop("TQDM_DISABLE")
-        else:
-            os.environ["TQDM_DISABLE"] = quiet
     return failed
 
 
@@ -224,7 +221,8 @@ def _schedule(todo: list[Job], finished: set[str], failed: dict[str, str], pool,
                     bar.set_postfix_str(f"{job.key} {future.result():.0f}s")
                 else:
                     failed[job.key] = f"{type(error).__name__}: {error}"
-                    tqdm.write(f"study: {job.key} failed: {failed[job.key]}", file=sys.stderr)
+                    tqdm.write(f"study: {job.key} failed: {failed[job.key]} (log: {job.folder}/job.log)",
+                               file=sys.stderr)
                 bar.update(1)
 
 

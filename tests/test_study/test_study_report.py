@@ -110,9 +110,13 @@ def test_claim_c_each_component_against_the_base():
     base = {"adv-w2s-base": (0.70, 0.20)}
     both_better = base | {"adv-w2s-eur": (0.72, 0.22), "adv-w2s-iar": (0.75, 0.21)}
     assert _claim(fake_results(both_better), "c").verdict == "holds"
+    # each metric against its own seed noise: a noisy clean gain does not hide a steady robust one
+    steady = {"adv-w2s-base": [(0.70, 0.20), (0.70, 0.20)], "adv-w2s-eur": [(0.70, 0.23), (0.80, 0.23)],
+              "adv-w2s-iar": [(0.75, 0.21), (0.75, 0.21)]}
+    assert _claim(fake_results(steady), "c").verdict == "holds"
     iar_trades = base | {"adv-w2s-eur": (0.72, 0.22), "adv-w2s-iar": (0.75, 0.18)}
     claim = _claim(fake_results(iar_trades), "c")
-    assert claim.verdict == "partly" and "+IAR: clean +5.0, robust -2.0" in claim.evidence
+    assert claim.verdict == "partly" and "+IAR: clean +5.0 (noise ±0.0), robust -2.0" in claim.evidence
 
 
 @pytest.mark.parametrize("student, verdict", [((0.7, 0.35), "holds"), ((0.5, 0.35), "partly"),
