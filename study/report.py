@@ -301,8 +301,8 @@ def build_markdown(raw: dict) -> str:
         "# The reference study on the embedded world",
         "",
         f"Built by `{study['command']}` ({kind} study) from `results.json` in this folder; every number "
-        "below comes from that file. Rebuild this page from it with "
-        "`python -m study.report results.json`.",
+        "below comes from that file. Rebuild this page and its plots from that file alone with "
+        "`python -m study.report FOLDER/results.json`.",
         "",
         f"- World: seed {world['seed']}, threat model L∞ ε = {eps}/255, alignment task `{results.alignment}`, "
         f"zero-shot tasks {', '.join(f'`{t}`' for t in results.zero_shot)}.",
