@@ -68,30 +68,46 @@ def audit_section(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_robust_vs_eps(records: list[dict], path: Path) -> None:
-    """Worst-case robust accuracy (averaged over datasets) against epsilon, one line per model."""
+def plot_eps_curves(curves: dict[str, tuple[list[float], list[float], list[float] | None]], path: Path, *,
+                    title: str, ylabel: str = "robust accuracy (%)", mark_eps: float | None = None) -> None:
+    """Accuracy (fractions) against epsilon, one line per label: ``curves[label] = (eps values,
+    means, stds or None)``; eps 0 is the clean accuracy. A std gives a shaded band."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = defaultdict(lambda: defaultdict(dict))
-    for r in records:
-        curves[r["model"]][r["eps"]][r["dataset"]] = r["worst_case_acc"]
-        curves[r["model"]][0.0][r["dataset"]] = r["clean_acc"]
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for model, by_eps in curves.items():
-        eps_values = sorted(by_eps)
-        means = [100 * sum(by_eps[e].values()) / len(by_eps[e]) for e in eps_values]
-        axis.plot([255 * e for e in eps_values], means, marker="o", label=model)
-    axis.set_xlabel("epsilon (x/255, Linf)")
-    axis.set_ylabel("robust accuracy (%)")
-    axis.set_title("worst case over attacks, mean over datasets", fontsize=9)
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    for label, (eps_values, means, stds) in curves.items():
+        x = [255 * eps for eps in eps_values]
+        y = [100 * mean for mean in means]
+        line, = axis.plot(x, y, marker="o", label=label)
+        if stds is not None:
+            axis.fill_between(x, [m - 100 * s for m, s in zip(y, stds)], [m + 100 * s for m, s in zip(y, stds)],
+                              color=line.get_color(), alpha=0.15)
+    if mark_eps is not None:
+        axis.axvline(255 * mark_eps, color="grey", linestyle=":", linewidth=1)
+    axis.set_xlabel("ε (x/255, L∞); 0 = clean")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title, fontsize=9)
     axis.set_ylim(0, 100)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_robust_vs_eps(records: list[dict], path: Path) -> None:
+    """Worst-case robust accuracy (averaged over datasets) against epsilon, one line per model."""
+    by_model = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        by_model[r["model"]][r["eps"]][r["dataset"]] = r["worst_case_acc"]
+        by_model[r["model"]][0.0][r["dataset"]] = r["clean_acc"]
+    curves = {}
+    for model, by_eps in by_model.items():
+        eps_values = sorted(by_eps)
+        curves[model] = (eps_values, [sum(by_eps[e].values()) / len(by_eps[e]) for e in eps_values], None)
+    plot_eps_curves(curves, path, title="worst case over attacks, mean over datasets")
 
 
 def write_report(output_dir: str | Path) -> dict[str, Path]:

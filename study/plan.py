@@ -40,7 +40,6 @@ RUNS: tuple[Run, ...] = (
     Run("fare", "fare", "FARE"),
     Run("agft", "agft", "AGFT"),
 )
-RUN_BY_NAME = {run.name: run for run in RUNS}
 
 # The world's own models, evaluated once (they do not depend on the study's seeds).
 WORLD_MODELS = {"weak": "embedded:weak", "weak-robust": "embedded:weak-robust", "strong": "embedded:strong"}

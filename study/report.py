@@ -15,6 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from eval.report import plot_eps_curves
 from robust_w2s.checkpoints import atomic_write_text
 
 from .plan import CEILING, CURVE_MODELS, NATURAL_TEACHER, TABLE_B, TABLE_C, WORLD_LABELS
@@ -374,33 +375,16 @@ def build_markdown(raw: dict) -> str:
 # --- plots ----------------------------------------------------------------------------------------
 
 def plot_robust_vs_eps(results: Results, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6.5, 4.2))
     eps_values = results.curve_eps()
+    curves = {}
     for group in CURVE_MODELS:
         if not results.has(group, "curve"):
             continue
         stats = [results.stat(group, "clean", "all", kind="curve", eps=eps_values[0])]
         stats += [results.stat(group, "worst", "all", kind="curve", eps=eps) for eps in eps_values]
-        x = [0.0] + [255 * eps for eps in eps_values]
-        means = [100 * s.mean for s in stats]
-        spread = [100 * s.std for s in stats]
-        line, = axis.plot(x, means, marker="o", label=results.label(group))
-        axis.fill_between(x, [m - s for m, s in zip(means, spread)], [m + s for m, s in zip(means, spread)],
-                          color=line.get_color(), alpha=0.15)
-    axis.axvline(255 * results.world["epsilon"], color="grey", linestyle=":", linewidth=1)
-    axis.set_xlabel("ε (x/255, L∞); 0 = clean")
-    axis.set_ylabel("robust accuracy (%), mean over tasks")
-    axis.set_title("PGD-20 against ε (band: std over seeds)", fontsize=9)
-    axis.set_ylim(0, 100)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+        curves[results.label(group)] = ([0.0, *eps_values], [s.mean for s in stats], [s.std for s in stats])
+    plot_eps_curves(curves, path, title="PGD-20 against ε (band: std over seeds)",
+                    ylabel="robust accuracy (%), mean over tasks", mark_eps=results.world["epsilon"])
 
 
 def plot_clean_vs_robust(results: Results, path: Path) -> None:

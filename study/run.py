@@ -25,7 +25,7 @@ from robust_w2s.checkpoints import atomic_write_text
 from robust_w2s.errors import UserError
 from robust_w2s.world.build import WorldConfig, build_world
 
-from .plan import (CURVE_MODELS, RUN_BY_NAME, RUNS, TABLE_B, WORLD_MODELS, StudySettings, run_overrides,
+from .plan import (CURVE_MODELS, RUNS, TABLE_B, WORLD_MODELS, StudySettings, run_overrides,
                    study_models)
 
 MARKER = "study-job.json"
@@ -276,7 +276,7 @@ def run_study(settings: StudySettings, output_dir: str | Path, home=None, worker
     from .report import write_report
 
     started = time.time()
-    if not all(run.config_path.is_file() for run in RUN_BY_NAME.values()):
+    if not all(run.config_path.is_file() for run in RUNS):
         raise UserError(f"the study's configs are missing under {RUNS[0].config_path.parent}: "
                         "run it from a source checkout (pip install -e .)")
     output_dir = Path(output_dir)
