@@ -5,18 +5,22 @@ attacked module. Attacks run in fp32 with the model in eval mode, sum their loss
 batch, restore the model's train/eval flags and never touch the caller's global RNG.
 """
 
+from ._common import eval_mode
 from .autoattack import VERSIONS, AttackResult, autoattack
 from .eps import parse_eps
 from .inverse import inverse_adversarial
 from .objectives import OBJECTIVES, cross_entropy, feature_distance, kl_divergence
-from .pgd import pgd
+from .pgd import EVAL_STEP_FRACTION, evaluation_pgd, pgd
 
 __all__ = [
+    "EVAL_STEP_FRACTION",
     "OBJECTIVES",
     "VERSIONS",
     "AttackResult",
     "autoattack",
     "cross_entropy",
+    "eval_mode",
+    "evaluation_pgd",
     "feature_distance",
     "inverse_adversarial",
     "kl_divergence",

@@ -13,6 +13,11 @@ from .eps import parse_eps
 from .objectives import OBJECTIVES, cross_entropy
 
 Objective = Callable[[Tensor, Tensor], Tensor]
+Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+# Step size of evaluation PGD-k as a fraction of eps (TeCoA's and FARE's evaluation setting): with
+# k >= 8 steps the iterate can cross the ball twice, so the attack is not limited by its step size.
+EVAL_STEP_FRACTION = 0.25
 
 
 def pgd(
@@ -137,3 +142,26 @@ def _ascent_direction(grad: Tensor, norm: str) -> Tensor:
     # A sample with zero gradient gets a zero step rather than NaN.
     lengths = l2_norms(grad).clamp_min(torch.finfo(grad.dtype).tiny)
     return grad / per_sample(lengths, grad)
+
+
+def evaluation_pgd(*, eps: float | str, steps: int, generator: torch.Generator | None = None,
+                   norm: str = "linf") -> Attack:
+    """PGD-k as evaluations run it: ``attack(model, images, labels) -> adversarial images``.
+
+    Cross-entropy against the labels, step size ``EVAL_STEP_FRACTION * eps`` (eps / 4), one
+    random start drawn from ``generator`` (shared across calls, so each batch gets its own start).
+    Every evaluation of the project (the eval suite, its audits, the training-time check and the
+    world's measurements) attacks through this one function.
+
+    Example:
+        >>> attack = evaluation_pgd(eps="4/255", steps=20)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        >>> attack(model, torch.rand(2, 3, 2, 2), torch.tensor([0, 1])).shape
+        torch.Size([2, 3, 2, 2])
+    """
+    eps = parse_eps(eps, upper=1.0 if check_norm(norm) == "linf" else None)
+
+    def attack(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+        return pgd(model, images, labels, eps=eps, alpha=EVAL_STEP_FRACTION * eps, steps=steps, norm=norm,
+                   generator=generator)
+    return attack

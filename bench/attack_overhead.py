@@ -20,7 +20,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from attacks import pgd
+from robust_w2s.attacks import pgd
 from robust_w2s import ZeroShotClassifier, load_model
 from robust_w2s.errors import UserError
 from robust_w2s.world.build import MODEL_CONFIG_DIR

@@ -7,7 +7,8 @@ from importlib import import_module
 
 from .registry import BENCHMARKS, PROTOCOLS, SUITES, Benchmark, Protocol, get_benchmark, get_protocol, suite_benchmarks
 
-_LAZY = {"EvalSettings": "runner", "evaluate_benchmark": "runner", "run_eval": "suite", "write_report": "report"}
+_LAZY = {"EvalRecord": "records", "EvalSettings": "runner", "evaluate_benchmark": "runner", "load_records": "records",
+         "run_eval": "suite", "write_report": "report"}
 
 __all__ = ["BENCHMARKS", "PROTOCOLS", "SUITES", "Benchmark", "Protocol", "get_benchmark", "get_protocol",
            "suite_benchmarks", *_LAZY]
@@ -16,4 +17,4 @@ __all__ = ["BENCHMARKS", "PROTOCOLS", "SUITES", "Benchmark", "Protocol", "get_be
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'eval' has no attribute {name!r}")
+    raise AttributeError(f"module 'robust_w2s.eval' has no attribute {name!r}")

@@ -5,13 +5,11 @@ The embedded world's tasks are registered here at run time from ``HOME/world/wor
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from robust_w2s.data import class_names, load_image_dataset
 from robust_w2s.errors import UserError
-from robust_w2s.home import resolve_home
+from robust_w2s.layout import EMBEDDED, Home, read_world
 
 from .registry import PROTOCOLS, SUITES, Benchmark, Protocol, get_benchmark, register, suite_benchmarks
 
@@ -26,18 +24,10 @@ def default_protocol(suite: str | None, dataset: str | None) -> str:
     return "embedded" if dataset.startswith("embedded/") else "tecoa"
 
 
-def world_record(home: str | os.PathLike | None = None) -> dict:
-    """The embedded world's record (``world.json``); one-line error if it is not built."""
-    path = resolve_home(home) / "world" / "world.json"
-    if not path.is_file():
-        raise UserError(f"the embedded world is not built under {path.parent}: run `robust-w2s pretrain`")
-    return json.loads(path.read_text())
-
-
-def register_embedded(home: str | os.PathLike | None = None) -> list[Benchmark]:
+def register_embedded(home: Home = None) -> list[Benchmark]:
     """Register ``embedded/<task>`` for every task of the world and the ``embedded`` suite."""
-    record = world_record(home)
-    benchmarks = [Benchmark(name=f"embedded/{task}", source=f"embedded:{task}", split="test",
+    record = read_world(home)
+    benchmarks = [Benchmark(name=f"embedded/{task}", source=f"{EMBEDDED}{task}", split="test",
                             classnames=tuple(record["classnames"][task]),
                             templates=tuple(record["templates"][task]))
                   for task in record["tasks"]]
@@ -57,20 +47,22 @@ def resolve(suite: str | None = None, dataset: str | None = None, home=None,
     if suite == "embedded" or (dataset or "").startswith("embedded/"):
         register_embedded(home)
     if suite is not None:
-        return _checked(lambda: suite_benchmarks(suite))
+        return suite_benchmarks(suite)
     if dataset.startswith(("hf:", "local:")):
         return [_adhoc_benchmark(dataset, home, classnames_file)]
-    benchmark = _checked(lambda: get_benchmark(dataset))
+    benchmark = get_benchmark(dataset)
     if classnames_file:
-        benchmark = Benchmark(**{**benchmark.__dict__, "classnames": _read_classnames(classnames_file)})
+        benchmark = _benchmark(**{**benchmark.__dict__, "classnames": _read_classnames(classnames_file)})
     return [benchmark]
 
 
-def _checked(lookup):
+def _benchmark(**fields) -> Benchmark:
+    """A Benchmark built from the user's input (class names file, dataset spec): its checks are
+    input errors."""
     try:
-        return lookup()
-    except (KeyError, ValueError) as error:
-        raise UserError(str(error).strip("'\"")) from None
+        return Benchmark(**fields)
+    except ValueError as error:
+        raise UserError(str(error)) from None
 
 
 def _read_classnames(path: str) -> tuple[str, ...]:
@@ -89,4 +81,4 @@ def _adhoc_benchmark(spec: str, home, classnames_file: str | None) -> Benchmark:
         names = _read_classnames(classnames_file)
     else:
         names = tuple(class_names(load_image_dataset(spec, home=home)))
-    return Benchmark(name=spec, source=spec, split="test", classnames=names, templates=DEFAULT_TEMPLATES)
+    return _benchmark(name=spec, source=spec, split="test", classnames=names, templates=DEFAULT_TEMPLATES)

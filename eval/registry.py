@@ -11,7 +11,7 @@ Importing this module reads only local files; nothing touches the network.
 
 Example::
 
-    >>> from eval.registry import get_benchmark, suite_benchmarks, get_protocol
+    >>> from robust_w2s.eval.registry import get_benchmark, suite_benchmarks, get_protocol
     >>> get_benchmark("cifar10").classnames[:2]
     ('airplane', 'automobile')
     >>> len(suite_benchmarks("paper14")), get_protocol("fare").eps
@@ -19,12 +19,13 @@ Example::
 """
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from robust_w2s.errors import UnknownNameError, unknown_name
 
 __all__ = [
     "ATTACKS", "BENCHMARKS", "PROTOCOLS", "SUITES", "Benchmark", "Protocol", "UnknownNameError",
@@ -34,21 +35,6 @@ __all__ = [
 SOURCE_KINDS = ("hf:", "local:", "embedded:")
 ATTACKS = ("pgd", "apgd", "autoattack")  # the names `robust-w2s eval --attack` accepts
 _METADATA = Path(__file__).with_name("metadata")
-
-
-class UnknownNameError(KeyError, ValueError):
-    """An unknown registry key. Both a KeyError (mapping lookup) and a ValueError (bad input, CLI
-    exit code 2), with a one-line message that names the key and the closest valid ones."""
-
-    def __str__(self) -> str:  # KeyError would otherwise print the message quoted, repr-style
-        return str(self.args[0])
-
-
-def _unknown(kind: str, name: str, valid) -> UnknownNameError:
-    valid = sorted(valid)
-    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
-    hint = f"did you mean: {', '.join(close)}?" if close else f"valid: {', '.join(valid)}"
-    return UnknownNameError(f"unknown {kind} {name!r}; {hint}")
 
 
 @dataclass(frozen=True)
@@ -227,14 +213,13 @@ def get_benchmark(name: str) -> Benchmark:
     try:
         return BENCHMARKS[name]
     except KeyError:
-        raise _unknown("benchmark", name, BENCHMARKS) from None
+        raise unknown_name("benchmark", name, BENCHMARKS) from None
 
 
 def suite_benchmarks(name: str) -> list[Benchmark]:
     """The benchmarks of suite `name`, in suite order; an UnknownNameError listing the suites otherwise."""
     if name not in SUITES:
-        valid = sorted(SUITES)
-        raise UnknownNameError(f"unknown suite {name!r}; valid suites: {', '.join(valid)}")
+        raise unknown_name("suite", name, SUITES)
     return [get_benchmark(b) for b in SUITES[name]]
 
 
@@ -243,4 +228,4 @@ def get_protocol(name: str) -> Protocol:
     try:
         return PROTOCOLS[name]
     except KeyError:
-        raise _unknown("protocol", name, PROTOCOLS) from None
+        raise unknown_name("protocol", name, PROTOCOLS) from None

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from attacks import autoattack, pgd
-from robust_w2s import ZeroShotClassifier
+from robust_w2s.attacks import autoattack, evaluation_pgd
 from robust_w2s.data import iterate_batches
+from robust_w2s.zeroshot import ZeroShotClassifier
 
 from . import audits
 from .registry import Benchmark
@@ -27,7 +27,7 @@ AUTOATTACK_VERSIONS = {"apgd": "apgd", "autoattack": "standard"}
 class EvalSettings:
     attacks: tuple[str, ...]          # among "pgd", "apgd", "autoattack"
     eps: tuple[float, ...]            # Linf radii in [0, 1] pixel units
-    pgd_steps: int = 10               # k of PGD-k; step size eps / 4, one random start
+    pgd_steps: int = 10               # k of PGD-k (evaluation_pgd: step size eps / 4, one random start)
     n_samples: int | None = None      # seeded random subset of the split (None: all of it)
     seed: int = 0                     # seed of the subset, PGD starts and AutoAttack restarts
     batch_size: int = 128             # images per attacked batch
@@ -39,8 +39,8 @@ def _attack(name: str, classifier, pixels, labels, clean_correct, eps: float, se
             generator: torch.Generator, n_classes: int):
     """(adversarial images, robust mask) of one attack on one batch."""
     if name == "pgd":
-        adversarial = pgd(classifier, pixels, labels, eps=eps, alpha=eps / 4, steps=settings.pgd_steps,
-                          norm=settings.norm, generator=generator)
+        attack = evaluation_pgd(eps=eps, steps=settings.pgd_steps, norm=settings.norm, generator=generator)
+        adversarial = attack(classifier, pixels, labels)
         with torch.no_grad():
             return adversarial, clean_correct & (classifier(adversarial).argmax(1) == labels)
     result = autoattack(classifier, pixels, labels, eps=eps, norm=settings.norm, n_classes=n_classes,
@@ -82,8 +82,8 @@ def evaluate_benchmark(classifier: ZeroShotClassifier, dataset, benchmark: Bench
             take = slice(0, settings.audit_samples - audited)
             part_pixels, part_labels = pixels[take], labels[take]
             gradient_ok += audits.nonzero_gradient_mask(classifier, part_pixels, part_labels).sum().item()
-            broken = pgd(classifier, part_pixels, part_labels, eps=audits.LARGE_EPS, alpha=audits.LARGE_EPS / 4,
-                         steps=settings.pgd_steps, generator=generators[audits.LARGE_EPS])
+            broken = evaluation_pgd(eps=audits.LARGE_EPS, steps=settings.pgd_steps,
+                                    generator=generators[audits.LARGE_EPS])(classifier, part_pixels, part_labels)
             with torch.no_grad():
                 large_eps_correct += (classifier(broken).argmax(1) == part_labels).sum().item()
             audited += len(part_labels)

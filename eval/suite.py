@@ -1,36 +1,24 @@
 """``robust-w2s eval``: run the runner over benchmarks and write one JSON file per result."""
 from __future__ import annotations
 
-import json
-import re
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from robust_w2s import ZeroShotClassifier, load_model
-from robust_w2s.checkpoints import atomic_write_text
-from robust_w2s.models import eval_transform
+from robust_w2s.models import eval_transform, load_model
+from robust_w2s.zeroshot import ZeroShotClassifier
 
+from .records import EvalRecord, eps_label
 from .registry import Benchmark
 from .runner import EvalSettings, evaluate_benchmark
 from .versions import package_versions
 from .zeroshot import load_subset, task_name
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-")
-
-
-def eps_label(eps: float) -> str:
-    """4/255 for eps = 4/255; the plain number when eps is not a multiple of 1/255."""
-    scaled = eps * 255
-    return f"{round(scaled):g}/255" if abs(scaled - round(scaled)) < 1e-6 else f"{eps:g}"
-
-
 def run_eval(model_spec: str, benchmarks: list[Benchmark], settings: EvalSettings, output_dir: str | Path,
-             home=None, device: str | None = None, protocol: str | None = None) -> list[dict]:
+             home=None, device: str | None = None, protocol: str | None = None) -> list[EvalRecord]:
     """Evaluate ``model_spec`` on every benchmark; returns the records written to ``output_dir``."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     output_dir = Path(output_dir)
@@ -44,19 +32,15 @@ def run_eval(model_spec: str, benchmarks: list[Benchmark], settings: EvalSetting
         classifier = ZeroShotClassifier(model, tokenizer, benchmark.classnames, benchmark.templates).to(device)
         result = evaluate_benchmark(classifier, dataset, benchmark, transform, settings, device)
         for row in result["rows"]:
-            record = {
-                "model": model_spec, "dataset": task_name(benchmark), "attack": row["attack"],
-                "eps": row["eps"], "eps_label": eps_label(row["eps"]), "n_samples": result["n_samples"],
-                "seed": settings.seed, "clean_acc": result["clean_acc"], "robust_acc": row["robust_acc"],
-                "worst_case_acc": row["worst_case_acc"], "audits": row["audits"],
-                "audits_passed": all(a["passed"] for a in row["audits"].values()),
-                "seconds": row["seconds"], "dataset_seconds": time.time() - started,
-                "protocol": protocol, "settings": result["settings"],
-                "benchmark": {"source": benchmark.source, "split": benchmark.split,
-                              "n_classes": len(benchmark.classnames)},
-                "device": device, "versions": package_versions(),
-            }
-            name = f"{_slug(model_spec)}__{_slug(record['dataset'])}__{row['attack']}__eps{_slug(record['eps_label'])}"
-            atomic_write_text(output_dir / f"{name}.json", json.dumps(record, indent=2))
+            record = EvalRecord(
+                model=model_spec, dataset=task_name(benchmark), attack=row["attack"], eps=row["eps"],
+                eps_label=eps_label(row["eps"]), n_samples=result["n_samples"], seed=settings.seed,
+                clean_acc=result["clean_acc"], robust_acc=row["robust_acc"], worst_case_acc=row["worst_case_acc"],
+                audits=row["audits"], audits_passed=all(a["passed"] for a in row["audits"].values()),
+                seconds=row["seconds"], dataset_seconds=time.time() - started, protocol=protocol,
+                settings=result["settings"], device=device, versions=package_versions(),
+                benchmark={"source": benchmark.source, "split": benchmark.split,
+                           "n_classes": len(benchmark.classnames)})
+            record.write(output_dir)
             records.append(record)
     return records

@@ -6,10 +6,9 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from robust_w2s import ZeroShotClassifier, load_model
 from robust_w2s.data import iterate_batches, load_image_dataset, require_columns
-from robust_w2s.models import eval_transform
-from robust_w2s.zeroshot import accuracy
+from robust_w2s.models import eval_transform, load_model
+from robust_w2s.zeroshot import ZeroShotClassifier, accuracy
 
 from .registry import Benchmark
 from .versions import package_versions

@@ -1,6 +1,8 @@
 """The ``robust-w2s`` command (DESIGN.md section 8 is the binding contract).
 
 Exit codes: 0 success; 1 a failed audit or run; 2 bad input, with one line on stderr.
+The top layer: it may import every package, and nothing imports it (``.importlinter``). Each
+command imports what it runs inside its function, so ``--help`` does not wait for torch.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, unknown_name
 
 EPILOG = "Models: embedded:weak|weak-robust|strong, local-dir:PATH, ViT-B-32@openai, ViT-L-14@/path/w.safetensors"
 
@@ -113,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_pretrain(args) -> int:
-    from .world.build import build_world
     from .world.report import world_table
+    from .world.stages import build_world
 
     started = time.time()
     record = build_world(args.home)
@@ -124,8 +126,8 @@ def _run_pretrain(args) -> int:
 
 
 def _run_zeroshot(args) -> int:
-    from eval.benchmarks import resolve
-    from eval.zeroshot import zero_shot_report
+    from .eval.benchmarks import resolve
+    from .eval.zeroshot import zero_shot_report
 
     benchmarks = resolve(args.suite, args.dataset, args.home, args.classnames)
     report = zero_shot_report(args.model, benchmarks, home=args.home, n_samples=args.n_samples,
@@ -143,23 +145,23 @@ def _run_zeroshot(args) -> int:
 
 
 def _run_eval(args) -> int:
-    from attacks import parse_eps
-    from eval.benchmarks import default_protocol, resolve
-    from eval.registry import ATTACKS, get_protocol
-    from eval.report import audit_section, markdown_table, write_report
-    from eval.runner import EvalSettings
-    from eval.suite import run_eval
+    from .attacks import parse_eps
+    from .eval.benchmarks import default_protocol, resolve
+    from .eval.registry import ATTACKS, get_protocol
+    from .eval.report import audit_section, markdown_table, write_report
+    from .eval.runner import EvalSettings
+    from .eval.suite import run_eval
 
     benchmarks = resolve(args.suite, args.dataset, args.home, args.classnames)
+    protocol = get_protocol(args.protocol or default_protocol(args.suite, args.dataset))
     try:
-        protocol = get_protocol(args.protocol or default_protocol(args.suite, args.dataset))
         eps = tuple(parse_eps(e) for e in args.eps.split(",")) if args.eps else protocol.eps
-    except (KeyError, ValueError) as error:
+    except ValueError as error:
         raise UserError(str(error)) from None
     attacks = tuple(args.attack.split(",")) if args.attack else protocol.attacks
-    unknown = [a for a in attacks if a not in ATTACKS]
-    if unknown:
-        raise UserError(f"unknown attack {unknown[0]!r}; valid: {', '.join(ATTACKS)}")
+    for attack in attacks:
+        if attack not in ATTACKS:
+            raise unknown_name("attack", attack, ATTACKS)
     n_samples = args.n_samples if args.n_samples is not None else protocol.n_samples
     settings = EvalSettings(attacks=tuple(a for a in ATTACKS if a in attacks), eps=tuple(sorted(eps)),
                             pgd_steps=args.pgd_steps or protocol.pgd_steps, n_samples=n_samples,
@@ -170,7 +172,7 @@ def _run_eval(args) -> int:
     print(audit_section(records))
     paths = write_report(args.output_dir)
     print(f"results: {args.output_dir} (report: {paths['markdown']})")
-    if not args.allow_unsound and not all(r["audits_passed"] for r in records):
+    if not args.allow_unsound and not all(record.audits_passed for record in records):
         print("robust-w2s eval: error: a soundness audit failed (see above); --allow-unsound to accept",
               file=sys.stderr)
         return 1
@@ -193,7 +195,7 @@ def _run_demo(args) -> int:
 
     import torch
 
-    from study import FULL, QUICK, run_study
+    from .study import FULL, QUICK, run_study
 
     settings = QUICK if args.quick else FULL
     if args.seeds is not None:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
-from .home import resolve_home
+from .layout import data_dir
 
 
 def load_image_dataset(spec: str, split: str | None = None,
@@ -31,7 +31,7 @@ def load_image_dataset(spec: str, split: str | None = None,
         except Exception as error:  # offline, unknown id or split: all surface as one line
             raise UserError(f"cannot load {spec!r} from the hub: {str(error).splitlines()[0]}") from None
     if kind == "embedded":
-        folder = resolve_home(home) / "world" / "data" / rest
+        folder = data_dir(rest, home)
         if not folder.is_dir():
             raise UserError(f"embedded task {rest!r} not found under {folder.parent}: run `robust-w2s pretrain`")
         return datasets.load_from_disk(str(folder))

@@ -8,7 +8,6 @@ A spec is one of (DESIGN.md section 8):
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import os
 from pathlib import Path
@@ -18,10 +17,9 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
 from .checkpoints import load_weights, read_checkpoint_config, WEIGHTS_FILE
-from .errors import UserError
-from .home import resolve_home
+from .errors import UserError, unknown_name
+from .layout import EMBEDDED, model_dir
 
-EMBEDDED_MODELS = ("weak", "weak-robust", "strong")
 LOCAL_DIR = "local-dir:"
 
 
@@ -29,16 +27,13 @@ def load_model(spec: str, home: str | os.PathLike | None = None, device: str = "
     """Return (model, preprocess, tokenizer) for a model spec, the model in eval mode.
 
     ``preprocess`` is open_clip's eval transform (PIL -> normalized tensor); use
-    :func:`robust_w2s.data.pixel_transform` for the [0, 1] pixels that attacks need.
+    ``eval_transform(model, normalize=False)`` for the [0, 1] pixels that attacks need.
 
     Example:
         >>> model, preprocess, tokenizer = load_model("embedded:strong")
     """
-    if spec.startswith("embedded:"):
-        name = spec.removeprefix("embedded:")
-        if name not in EMBEDDED_MODELS:
-            raise UserError(f"unknown embedded model {name!r}; valid: {', '.join(EMBEDDED_MODELS)}")
-        folder = resolve_home(home) / "world" / name
+    if spec.startswith(EMBEDDED):
+        folder = model_dir(spec.removeprefix(EMBEDDED), home)
         if not (folder / WEIGHTS_FILE).is_file():
             raise UserError(f"{spec} is not built yet under {folder.parent}: run `robust-w2s pretrain`")
         loaded = load_checkpoint(folder)
@@ -88,11 +83,8 @@ def eval_transform(model: nn.Module, normalize: bool = True):
 
 def _load_open_clip(spec: str):
     name, _, pretrained = spec.partition("@")
-    if open_clip.get_model_config(name) is None:
-        close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UserError(f"unknown model spec {spec!r}: not embedded:NAME, a checkpoint folder or an "
-                        f"open_clip model name{hint}")
+    if open_clip.get_model_config(name) is None:  # not embedded:NAME, a checkpoint folder or open_clip's
+        raise unknown_name("open_clip model", name, open_clip.list_models())
     try:
         model = open_clip.create_model(name, pretrained=pretrained or None)
     except Exception as error:  # open_clip raises RuntimeError/OSError for a bad tag or an offline hub

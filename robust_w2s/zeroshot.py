@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attacks import eval_mode
+
 
 def preprocess_cfg(model: nn.Module) -> dict:
     """The model's preprocessing (size, mean, std, ...) as open_clip records it on the weights."""
@@ -62,29 +64,26 @@ def build_text_head(model: nn.Module, tokenizer, classnames: Sequence[str],
     """W = normalize(mean_t normalize(encode_text(t(c)))) as a [D, K] matrix (open_clip's own)."""
     if not classnames or not templates:
         raise ValueError("a zero-shot head needs at least one class name and one template")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return open_clip.build_zero_shot_classifier(model, tokenizer, list(classnames), list(templates),
-                                                    num_classes_per_batch=None, device=device)
-    finally:
-        model.train(was_training)
+                                                    num_classes_per_batch=None,
+                                                    device=next(model.parameters()).device)
 
 
 def accuracy(classifier: nn.Module, batches, attack=None) -> tuple[float, int]:
     """Top-1 accuracy of ``classifier`` over (pixels, labels) batches, and the sample count.
 
-    ``attack(classifier, pixels, labels) -> pixels`` is applied to each batch first if given.
+    ``attack(classifier, pixels, labels) -> pixels`` is applied to each batch first if given. The
+    classifier runs in eval mode; its modules' train/eval flags are restored afterwards.
     """
     correct = total = 0
-    classifier.eval()
-    for pixels, labels in batches:
-        if attack is not None:
-            pixels = attack(classifier, pixels, labels)
-        with torch.no_grad():
-            correct += (classifier(pixels).argmax(dim=1) == labels).sum().item()
-        total += len(labels)
+    with eval_mode(classifier):
+        for pixels, labels in batches:
+            if attack is not None:
+                pixels = attack(classifier, pixels, labels)
+            with torch.no_grad():
+                correct += (classifier(pixels).argmax(dim=1) == labels).sum().item()
+            total += len(labels)
     if total == 0:
         raise ValueError("accuracy over an empty dataset")
     return correct / total, total

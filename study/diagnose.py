@@ -1,4 +1,4 @@
-"""What the weak teachers hand the students: ``python -m study.diagnose [--home DIR]``.
+"""What the weak teachers hand the students: ``python -m robust_w2s.study.diagnose [--home DIR]``.
 
 For docs/investigation.md. It reads the alignment split's labels, which no label-free method ever
 sees, to measure the guidance itself: how often each teacher is right, how uncertain it is where
@@ -12,12 +12,14 @@ import json
 
 import torch
 
-from attacks import inverse_adversarial
-from robust_w2s import ZeroShotClassifier, load_model
 from robust_w2s.align.methods import entropy, eur_weights
+from robust_w2s.attacks import inverse_adversarial
 from robust_w2s.data import iterate_batches, load_image_dataset
-from robust_w2s.models import eval_transform
-from study.plan import NATURAL_TEACHER, ROBUST_TEACHER
+from robust_w2s.layout import EMBEDDED, read_world
+from robust_w2s.models import eval_transform, load_model
+from robust_w2s.zeroshot import ZeroShotClassifier
+
+from .plan import NATURAL_TEACHER, ROBUST_TEACHER
 
 
 @torch.no_grad()
@@ -29,7 +31,7 @@ def diagnose_teacher(spec: str, world: dict, home=None, n_samples: int = 2048, r
                      seed: int = 0) -> dict:
     """Accuracy, entropy, EUR weights and IAR's effect of teacher ``spec`` on the alignment split."""
     task = world["alignment_task"]
-    dataset = load_image_dataset(f"embedded:{world['alignment_split']}", home=home)
+    dataset = load_image_dataset(f"{EMBEDDED}{world['alignment_split']}", home=home)
     dataset = dataset.select(range(min(n_samples, len(dataset))))
     model, _, tokenizer = load_model(spec, home=home)
     teacher = ZeroShotClassifier(model, tokenizer, world["classnames"][task], world["templates"][task]).eval()
@@ -63,13 +65,12 @@ def diagnose_teacher(spec: str, world: dict, home=None, n_samples: int = 2048, r
 
 
 def main(argv=None) -> None:
-    from eval.benchmarks import world_record
-
-    parser = argparse.ArgumentParser(prog="python -m study.diagnose", description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m robust_w2s.study.diagnose",
+                                     description=__doc__.split("\n\n")[1])
     parser.add_argument("--home", help="where the embedded world lives")
     parser.add_argument("--n-samples", type=int, default=2048, help="alignment images to use (default 2048)")
     args = parser.parse_args(argv)
-    world = world_record(args.home)
+    world = read_world(args.home)
     report = [diagnose_teacher(spec, world, args.home, args.n_samples) for spec in (NATURAL_TEACHER, ROBUST_TEACHER)]
     print(json.dumps(report, indent=2))
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from robust_w2s.layout import WORLD_MODELS, model_spec
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "embedded"
-NATURAL_TEACHER, ROBUST_TEACHER = "embedded:weak", "embedded:weak-robust"
+NATURAL_TEACHER, ROBUST_TEACHER = model_spec("weak"), model_spec("weak-robust")
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,7 @@ RUNS: tuple[Run, ...] = (
     Run("agft", "agft", "AGFT"),
 )
 
-# The world's own models, evaluated once (they do not depend on the study's seeds).
-WORLD_MODELS = {"weak": "embedded:weak", "weak-robust": "embedded:weak-robust", "strong": "embedded:strong"}
+# The world's own models (layout.WORLD_MODELS) are evaluated once: they do not depend on the seeds.
 WORLD_LABELS = {"weak": "natural weak teacher", "weak-robust": "robust weak teacher (TeCoA)",
                 "strong": "strong, undefended"}
 CEILING = "tecoa"  # DESIGN.md section 5: the strong ceiling is TeCoA with labels on the same data and budget

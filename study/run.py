@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 
 from robust_w2s.checkpoints import atomic_write_text
 from robust_w2s.errors import UserError
-from robust_w2s.world.build import WorldConfig, build_world
+from robust_w2s.layout import model_spec
+from robust_w2s.world.stages import WorldConfig, build_world
 
-from .plan import (CURVE_MODELS, RUNS, TABLE_B, WORLD_MODELS, StudySettings, run_overrides,
-                   study_models)
+from .plan import CURVE_MODELS, RUNS, TABLE_B, StudySettings, run_overrides, study_models
 
 MARKER = "study-job.json"
 PRIORITY = {"autoattack": 0, "train": 1, "main": 2, "curve": 3}  # long jobs first, so the pool ends level
@@ -44,17 +44,10 @@ class TrainJob:
     kind: str = "train"
 
     def run(self, home) -> None:
-        from robust_w2s.align import load_config, train
+        from robust_w2s.align import load_config, train_or_resume
 
-        config = load_config(self.config, list(self.overrides))
-        folder = Path(self.folder)
-        if (folder / "state").is_dir():
-            try:  # a killed run continues where it stopped; a stale one (other config) starts over
-                train(config, folder, home=home, resume=True)
-                return
-            except UserError:
-                shutil.rmtree(folder)
-        train(config, folder, home=home)
+        # A killed run continues where it stopped; a stale one (another config) starts over.
+        train_or_resume(load_config(self.config, list(self.overrides)), self.folder, home=home)
 
 
 @dataclass(frozen=True)
@@ -74,10 +67,10 @@ class EvalJob:
     needs: str | None = None
 
     def run(self, home) -> None:
-        from eval.benchmarks import EMBEDDED_PGD_STEPS, resolve
-        from eval.runner import EvalSettings
-        from eval.suite import run_eval
-        from eval.zeroshot import task_name
+        from robust_w2s.eval.benchmarks import EMBEDDED_PGD_STEPS, resolve
+        from robust_w2s.eval.runner import EvalSettings
+        from robust_w2s.eval.suite import run_eval
+        from robust_w2s.eval.zeroshot import task_name
 
         folder = Path(self.folder)
         for stale in folder.glob("*.json"):
@@ -107,7 +100,7 @@ def job_seconds(job: Job) -> float:
 
 def plan_jobs(settings: StudySettings, work: Path, world: dict) -> list[Job]:
     """Every job of the study, each after the job it needs; Table B runs of the first seed first."""
-    from attacks import parse_eps
+    from robust_w2s.attacks import parse_eps
 
     world_fp, eps = world["fingerprint"], float(world["epsilon"])
     curve_eps = tuple(sorted(parse_eps(e) for e in settings.curve_eps))
@@ -124,7 +117,7 @@ def plan_jobs(settings: StudySettings, work: Path, world: dict) -> list[Job]:
 
     def evaluation(model, kind, attacks, eps_values, n_samples, tasks=()):
         source = trained.get(model.id)
-        spec = str(Path(source.folder) / "checkpoint") if source else WORLD_MODELS[model.id]
+        spec = str(Path(source.folder) / "checkpoint") if source else model_spec(model.id)
         suffix = f"/{tasks[0]}" if tasks else ""
         return EvalJob(f"{kind} {model.id}{suffix}", model.id, str(work / "eval" / kind / f"{model.id}{suffix}"),
                        kind, spec, attacks, eps_values, n_samples, settings.eval_seed, settings.audit_samples,
@@ -229,8 +222,8 @@ def _schedule(todo: list[Job], finished: set[str], failed: dict[str, str], pool,
 def collect(jobs: list[Job], settings: StudySettings, world: dict, wall_seconds: float, workers: int,
             command: str) -> dict:
     """results.json: the study's settings, the world, every training's config and every eval record."""
-    from eval.report import load_records
-    from eval.versions import package_versions
+    from robust_w2s.eval.records import load_records
+    from robust_w2s.eval.versions import package_versions
     from robust_w2s.checkpoints import read_checkpoint_config
 
     groups = {model.id: model for model in study_models(settings)}
@@ -244,16 +237,11 @@ def collect(jobs: list[Job], settings: StudySettings, world: dict, wall_seconds:
                                    "final_loss": last["loss"], "seconds": job_seconds(job)}
             continue
         model = groups[job.model]
-        for record in load_records(job.folder):
-            records.append({
-                "model": job.model, "group": model.group, "seed": model.seed, "kind": job.kind,
-                "task": record["dataset"], "attack": record["attack"], "eps": record["eps"],
-                "eps_label": record["eps_label"], "n_samples": record["n_samples"], "eval_seed": record["seed"],
-                "clean_acc": record["clean_acc"], "robust_acc": record["robust_acc"],
-                "worst_case_acc": record["worst_case_acc"], "audits_passed": record["audits_passed"],
-                "failed_audits": [f"{a['name']}: {a['detail']}" for a in record["audits"].values() if not a["passed"]],
-                "seconds": record["seconds"]})
-    records.sort(key=lambda r: (r["kind"], r["model"], r["task"], r["eps"], r["attack"]))
+        # The eval suite's record as written, under the study's own keys for the model and the job.
+        records += [{"model": job.model, "group": model.group, "seed": model.seed, "kind": job.kind,
+                     "result": record.to_dict()} for record in load_records(job.folder)]
+    records.sort(key=lambda r: (r["kind"], r["model"], r["result"]["dataset"], r["result"]["eps"],
+                                r["result"]["attack"]))
     return {
         "study": {"settings": asdict(settings), "runs": [asdict(run) for run in RUNS],
                   "command": command,

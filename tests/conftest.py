@@ -5,7 +5,8 @@ import open_clip
 import pytest
 import torch
 
-from robust_w2s.world.build import PretrainSettings, RobustSettings, WorldConfig, build_world
+from robust_w2s.world.recipes import PretrainSettings, RobustSettings
+from robust_w2s.world.stages import WorldConfig, build_world
 
 TINY_WORLD = WorldConfig(
     seed=0, test_size=48, alignment_size=128, robust_check_size=16,

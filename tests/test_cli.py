@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from robust_w2s.cli import main
-from robust_w2s.world.build import build_world
+from robust_w2s.world.stages import build_world
 
 ROOT = Path(__file__).resolve().parents[1]
 

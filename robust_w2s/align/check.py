@@ -5,14 +5,13 @@ The alignment package deliberately does not import ``eval``.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
-from attacks import pgd
-from ..errors import UserError
+from ..attacks import evaluation_pgd
 from ..data import iterate_batches, load_image_dataset
+from ..errors import unknown_name
+from ..layout import EMBEDDED, Home
 from ..models import eval_transform
 from ..zeroshot import ZeroShotClassifier, accuracy
 
@@ -25,45 +24,38 @@ class ZeroShotCheck:
     run attacks with the same random starts and checks are comparable across steps.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, tasks: dict, n_samples: int, eps: float,
-                 pgd_steps: int, home: str | os.PathLike | None, seed: int):
+    def __init__(self, model: nn.Module, tokenizer, tasks: dict, *, n_samples: int, eps: float,
+                 pgd_steps: int, home: Home, seed: int):
         device = next(model.parameters()).device
         transform = eval_transform(model, normalize=False)
         self.eps, self.pgd_steps, self.seed = eps, pgd_steps, seed
         self.tasks = {}
         for task, (classnames, templates) in tasks.items():
-            dataset = load_image_dataset(f"embedded:{task}", home=home)
+            dataset = load_image_dataset(f"{EMBEDDED}{task}", home=home)
             dataset = dataset.select(range(min(n_samples, len(dataset))))
             pixels, labels = zip(*iterate_batches(dataset, transform, batch_size=n_samples))
             self.tasks[task] = (ZeroShotClassifier(model, tokenizer, classnames, templates),
                                 torch.cat(pixels).to(device), torch.cat(labels).to(device))
 
     @classmethod
-    def on_world(cls, model: nn.Module, tokenizer, world: dict | None, settings, eps: float, home,
+    def on_world(cls, model: nn.Module, tokenizer, world: dict | None, settings, *, eps: float, home: Home,
                  seed: int) -> "ZeroShotCheck | None":
         """The check of ``settings`` (CheckSettings) on the embedded world's tasks; None when the
         check is off (no tasks) or no world is built."""
         if world is None or not settings.tasks:
             return None
-        unknown = [task for task in settings.tasks if task not in world["tasks"]]
-        if unknown:
-            raise UserError(f"check.tasks: unknown task {unknown[0]!r}; valid: {', '.join(world['tasks'])}")
+        for task in settings.tasks:
+            if task not in world["tasks"]:
+                raise unknown_name("check.tasks task", task, world["tasks"])
         tasks = {task: (world["classnames"][task], world["templates"][task]) for task in settings.tasks}
-        return cls(model, tokenizer, tasks, settings.n_samples, eps, settings.pgd_steps, home, seed)
+        return cls(model, tokenizer, tasks, n_samples=settings.n_samples, eps=eps,
+                   pgd_steps=settings.pgd_steps, home=home, seed=seed)
 
     def __call__(self) -> dict:
-        generator = torch.Generator().manual_seed(self.seed)
-
-        def attack(classifier, pixels, labels):
-            return pgd(classifier, pixels, labels, eps=self.eps, alpha=self.eps / 4,
-                       steps=self.pgd_steps, generator=generator)
-
+        attack = evaluation_pgd(eps=self.eps, steps=self.pgd_steps, generator=torch.Generator().manual_seed(self.seed))
         results = {}
         for task, (classifier, pixels, labels) in self.tasks.items():
-            was_training = [(m, m.training) for m in classifier.modules()]
             clean, _ = accuracy(classifier, [(pixels, labels)])
             robust, _ = accuracy(classifier, [(pixels, labels)], attack=attack)
-            for module, flag in was_training:  # accuracy() leaves the model in eval mode
-                module.training = flag
             results[task] = {"clean_acc": clean, "pgd_acc": robust}
         return results

@@ -6,7 +6,6 @@ only names what differs. Unknown keys are errors with a suggestion; values are t
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import UserError
+from ..errors import UserError, unknown_name
 from .methods import MethodSettings
 
 
@@ -116,9 +115,7 @@ def apply(target, values: dict, prefix: str = "") -> None:
     for key, value in values.items():
         name = f"{prefix}{key}"
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid: {', '.join(fields)}"
-            raise UserError(f"unknown config key {name!r}{hint}")
+            raise unknown_name("config key", name, [f"{prefix}{field_name}" for field_name in fields])
         current = getattr(target, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):

@@ -12,7 +12,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from attacks import inverse_adversarial, pgd
+from ..attacks import inverse_adversarial, pgd
 from ..zeroshot import ZeroShotClassifier
 from .methods import Method
 
@@ -42,13 +42,14 @@ class FeaturesOf(nn.Module):
         return self.heads(pixels, features=True)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Models:
-    """Everything the inputs are computed from; built once per run by ``setup``."""
+    """Everything the inputs are computed from; built once per run by ``setup.prepare``."""
     student: nn.Module                       # StudentHeads, DDP-wrapped under torchrun: gradient passes
     student_plain: StudentHeads              # the same module unwrapped: what attacks run on
     frozen: StudentHeads | None              # S0, the frozen initial student (None if no method needs it)
     teacher: ZeroShotClassifier | None       # T, frozen (None if no method needs it)
+    teacher_cache: Tensor | None             # p_T(x) of every alignment image [N, K], on the CPU
     entropy_median: Tensor | None            # kappa over the alignment set, computed once
     attack: dict                             # pgd keywords of the student attack (eps, alpha, steps, start)
     refine: dict                             # inverse_adversarial keywords of IAR (eps, alpha, steps, start)
@@ -61,6 +62,15 @@ class Batch:
     images: Tensor                           # x, [B, 3, H, W] in [0, 1], on the device
     labels: Tensor | None                    # y [B], only if a method declared labels
     teacher_probs: Tensor | None             # p_T(x) from the cache (None if no teacher is needed)
+
+    @classmethod
+    def from_loader(cls, items: dict, models: Models, device: torch.device) -> "Batch":
+        """A batch of ``PixelView`` items ({"index", "pixels", "label"?}) on ``device``, with the
+        teacher's cached outputs for those images."""
+        cache = models.teacher_cache
+        return cls(images=items["pixels"].to(device, non_blocking=True),
+                   labels=items["label"].to(device) if "label" in items else None,
+                   teacher_probs=cache[items["index"]].to(device) if cache is not None else None)
 
 
 class StepInputs(Mapping):

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks import cross_entropy, feature_distance, kl_divergence
-from ..errors import UserError
+from ..attacks import cross_entropy, feature_distance, kl_divergence
+from ..errors import unknown_name
 
 INPUTS = {
     "labels": "ground-truth labels y [B] (only for methods defined with labels)",
@@ -197,7 +197,7 @@ METHODS: dict[str, Callable[[MethodSettings], Method]] = {
 def get_method(settings: MethodSettings) -> Method:
     """The declared method for ``settings.name``; an unknown name lists the valid ones."""
     if settings.name not in METHODS:
-        raise UserError(f"unknown method {settings.name!r}; valid: {', '.join(METHODS)}")
+        raise unknown_name("method", settings.name, METHODS)
     return METHODS[settings.name](settings)
 
 

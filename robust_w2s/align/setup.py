@@ -1,9 +1,10 @@
 """What the training loop is handed: processes, data (labels only when declared), models, caches,
-optimizer. Each function does one preparation step; :func:`robust_w2s.align.loop.train` calls them."""
+optimizer. Each function does one preparation step; :func:`prepare` calls them in order and returns
+the :class:`Session` that :func:`robust_w2s.align.loop.train` runs."""
 from __future__ import annotations
 
 import copy
-import json
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -12,16 +13,18 @@ import timm.optim
 import timm.scheduler
 import torch
 import torch.distributed as torch_dist
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from attacks import parse_eps
-from ..data import class_names, decode_image
-from ..data import load_image_dataset
+from ..attacks import parse_eps
+from ..data import class_names, decode_image, load_image_dataset
 from ..errors import UserError
-from ..home import resolve_home
 from ..models import eval_transform, load_model
 from ..zeroshot import ZeroShotClassifier
-from .config import AlignConfig
+from .config import AlignConfig, OptimSettings
+from .inputs import Models, StudentHeads
 from .methods import Plan, entropy
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
@@ -53,18 +56,12 @@ def setup_distributed(device: str) -> Dist:
     return Dist(torch_dist.get_rank(), world_size, torch.device(f"cuda:{local_rank}" if cuda else "cpu"))
 
 
-def world_record(home) -> dict | None:
-    """The embedded world's world.json, or None where no world is built."""
-    path = resolve_home(home) / "world" / "world.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def resolve_eps(value, world: dict | None, key: str) -> float:
+def resolve_eps(value, world_eps: float | None, key: str) -> float:
     """A radius from the config: a number, "2/255", or "world" (the embedded world's epsilon)."""
     if value == "world":
-        if world is None:
+        if world_eps is None:
             raise UserError(f"{key}=world needs a built world (`robust-w2s pretrain`) or a number like 2/255")
-        return float(world["epsilon"])
+        return float(world_eps)
     try:
         return parse_eps(value)
     except ValueError as error:
@@ -184,11 +181,93 @@ def median_entropy(probs: torch.Tensor) -> torch.Tensor:
     return entropy(probs).median()
 
 
-def optimizer_and_schedule(module, optim, steps: int):
-    """AdamW over ``module`` with timm's weight-decay exclusions, and a per-step warm-up + cosine."""
+def optimizer_and_schedule(module: nn.Module, optim: OptimSettings, steps: int):
+    """AdamW over ``module`` with timm's weight-decay exclusions, and a per-step linear warm-up from
+    lr / 100 over ``optim.warmup_steps``, then a cosine over ``steps`` down to ``optim.min_lr``.
+
+    The one optimizer recipe of the project: the alignment loop and the world's pretraining use it.
+    """
     optimizer = timm.optim.create_optimizer_v2(module, "adamw", lr=optim.lr, weight_decay=optim.weight_decay)
     scheduler = timm.scheduler.CosineLRScheduler(
         optimizer, t_initial=steps, lr_min=optim.min_lr, warmup_t=optim.warmup_steps,
         warmup_lr_init=optim.lr / 100, warmup_prefix=True, t_in_epochs=False)
     scheduler.step_update(0)
     return optimizer, scheduler
+
+
+# The student's buffers (text head, normalization) never change: no per-forward sync under DDP.
+# torch 2.14 renamed the switch; older versions only know broadcast_buffers.
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
+TEACHER_INPUTS = {"teacher_probs", "teacher_entropy_median", "refined_teacher_probs"}
+FROZEN_INPUTS = {"frozen_logits", "frozen_adv_logits", "frozen_features"}
+
+
+@dataclass
+class Optimization:
+    """What an optimizer step updates: the open_clip student (its image tower), AdamW, the schedule."""
+    model: nn.Module                     # the open_clip student model
+    optimizer: torch.optim.Optimizer     # AdamW over model.visual
+    scheduler: object                    # timm CosineLRScheduler, stepped per optimizer step
+    ema: ModelEmaV3 | None               # EMA of the student's weights (None: off)
+    grad_clip: float                     # max global gradient norm (0: no clipping)
+
+    @property
+    def exported(self) -> nn.Module:
+        """The weights a checkpoint holds: the EMA's when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+@dataclass
+class Session:
+    """Everything :func:`robust_w2s.align.loop.train` runs, built by :func:`prepare`."""
+    view: PixelView                          # the alignment images (labels only if declared)
+    tokenizer: object                        # the student's tokenizer (for the zero-shot check)
+    models: Models                           # what the method's inputs are computed from
+    optimization: Optimization
+    generators: dict[str, torch.Generator]   # attack and refinement starts: saved with the state
+
+
+def prepare(config: AlignConfig, plan: Plan, dist: Dist, world: dict | None, home) -> Session:
+    """Load data and models, compute the teacher cache, build the optimizer: one function per step."""
+    # Attack radii first, so that a bad one fails before anything loads; IAR's only where declared.
+    attack, world_eps = config.attack, (world or {}).get("epsilon")
+    attack_keywords = {"eps": resolve_eps(attack.eps, world_eps, "attack.eps"), "steps": attack.steps,
+                       "alpha": attack.alpha, "start_noise_std": attack.start_noise_std}
+    refine_keywords = {"eps": resolve_eps(attack.refine_eps, world_eps, "attack.refine_eps"),
+                       "steps": attack.refine_steps, "alpha": attack.refine_alpha,
+                       "start_noise_std": attack.start_noise_std} if "refined_teacher_probs" in plan.needs else {}
+
+    # Data: the alignment set, its label column removed unless a method declared labels.
+    dataset, classnames, templates = alignment_data(config, plan, world, home)
+
+    # Models: the student's image tower trains; its text tower, the teacher and S0 stay frozen.
+    model, tokenizer, classifier = load_student(config.student, home, dist.device, classnames, templates)
+    transform = eval_transform(model, normalize=False)
+    view = PixelView(dataset, transform, config.data.image_column, config.data.label_column)
+    teacher = (load_teacher(config.teacher, home, dist.device, classnames, templates,
+                            transform.transforms[0].size) if plan.needs & TEACHER_INPUTS else None)
+    frozen = StudentHeads(load_frozen(model, classifier)) if plan.needs & FROZEN_INPUTS else None
+
+    # Teacher cache: p_T(x) of every alignment image, once (the teacher is frozen); EUR's kappa.
+    cache = teacher_cache(teacher, view, dist, workers=config.data.workers) if teacher else None
+
+    # Optimizer, schedule and EMA; DDP wraps the student only (attacks use the plain module).
+    heads = StudentHeads(classifier)
+    optimizer, scheduler = optimizer_and_schedule(model.visual, config.optim, config.train.steps)
+    ema = ModelEmaV3(model, decay=config.optim.ema_decay) if config.optim.ema_decay > 0 else None
+    student = heads if dist.world_size == 1 else DistributedDataParallel(
+        heads, device_ids=[dist.device.index] if dist.device.type == "cuda" else None, **_NO_BUFFER_SYNC)
+
+    # Attack starts are drawn on the training device: a CPU draw of a ViT-L batch costs ~0.1 s.
+    seed = config.train.seed * 1000 + 2 * dist.rank
+    generators = {"attack": torch.Generator(dist.device).manual_seed(seed + 1),
+                  "refine": torch.Generator(dist.device).manual_seed(seed + 2)}
+    models = Models(
+        student=student, student_plain=heads, frozen=frozen, teacher=teacher, teacher_cache=cache,
+        entropy_median=median_entropy(cache).to(dist.device) if cache is not None else None,
+        attack=attack_keywords, refine=refine_keywords,
+        attack_rng=generators["attack"], refine_rng=generators["refine"])
+    optimization = Optimization(model, optimizer, scheduler, ema, config.optim.grad_clip)
+    return Session(view, tokenizer, models, optimization, generators)

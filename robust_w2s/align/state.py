@@ -1,4 +1,4 @@
-"""The training state that ``--resume`` needs, in ``DIR/state/``, written atomically.
+"""A run's folder and what ``--resume`` needs: ``DIR/checkpoint/``, ``DIR/state/`` and ``DIR/log.jsonl``.
 
 ``state/`` holds everything to continue a killed run by itself (the student's weights included),
 so a kill between writing ``checkpoint/`` and ``state/`` can never pair weights of one step with
@@ -8,6 +8,7 @@ an optimizer of another:
     train_state.pt        optimizer, scheduler, step, data position, RNG states of every rank
                           (tensors and plain types only: read back with ``weights_only=True``)
     config.json           the run's config, to refuse resuming with different settings
+``log.jsonl`` is appended line by line; on resume, the lines past the resumed step are dropped.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import json
 from pathlib import Path
 
 import torch
+import torch.distributed as torch_dist
 from safetensors.torch import load_file, save_file
 
-from ..checkpoints import atomic_folder
+from ..checkpoints import atomic_folder, atomic_write_text, save_checkpoint
 from ..errors import UserError
+from .config import AlignConfig, to_dict
 
 # Settings that may change on --resume: they do not change the trajectory of the weights.
 RESUMABLE_CHANGES = ("train.device", "train.eval_every", "train.log_every", "data.workers", "check.")
@@ -55,12 +58,23 @@ def save_state(folder: Path, *, model, ema, optimizer, scheduler, step: int, dat
         (staging / "config.json").write_text(json.dumps(config, indent=2))
 
 
+def _changed_settings(folder: Path, config: dict) -> list[str]:
+    """Settings of the saved run that differ from ``config`` and would change its trajectory."""
+    saved = json.loads((folder / "config.json").read_text())
+    return [key for key in _diff(saved, config) if not key.startswith(RESUMABLE_CHANGES)]
+
+
+def can_resume(folder: Path, config: AlignConfig) -> bool:
+    """Whether ``folder`` (a run's state/) holds a state that ``config`` may continue."""
+    return (folder / "train_state.pt").is_file() and not _changed_settings(folder, to_dict(config))
+
+
 def load_state(folder: Path, config: dict) -> dict:
     """Read ``folder`` back; a missing folder or a config that changed the trajectory is a UserError."""
     if not (folder / "train_state.pt").is_file():
         raise UserError(f"--resume: no training state in {folder} (start without --resume)")
     saved = json.loads((folder / "config.json").read_text())
-    changed = [key for key in _diff(saved, config) if not key.startswith(RESUMABLE_CHANGES)]
+    changed = _changed_settings(folder, config)
     if changed:
         raise UserError(f"--resume with a different config: {changed[0]} was "
                         f"{_lookup(saved, changed[0])!r}, now {_lookup(config, changed[0])!r}")
@@ -87,3 +101,56 @@ def _lookup(data: dict, dotted: str):
     for part in dotted.split("."):
         data = data.get(part) if isinstance(data, dict) else None
     return data
+
+
+def restore(folder: Path, config: AlignConfig, dist, session) -> int:
+    """Load weights, optimizer, schedule, EMA and this rank's RNG states from ``folder`` (a run's
+    state/) into ``session``; return the step to continue from."""
+    state = load_state(folder, to_dict(config))
+    if len(state["rng"]) != dist.world_size:
+        raise UserError(f"--resume: the run had {len(state['rng'])} processes, now {dist.world_size}")
+    optimization = session.optimization
+    optimization.model.load_state_dict(state["student"])
+    optimization.optimizer.load_state_dict(state["optimizer"])
+    optimization.scheduler.load_state_dict(state["scheduler"])
+    if optimization.ema is not None:
+        optimization.ema.module.load_state_dict(state["ema"])
+    restore_rng(state["rng"][dist.rank], session.generators)
+    return state["step"]
+
+
+def save_run(output_dir: Path, config: AlignConfig, dist, session, step: int, data_position: dict) -> None:
+    """checkpoint/ and state/ at ``step``: every rank gathers its RNG states, rank 0 writes."""
+    rng = [rng_state(session.generators)]
+    if dist.world_size > 1:
+        rng = [None] * dist.world_size
+        torch_dist.all_gather_object(rng, rng_state(session.generators))
+    if dist.is_main:
+        optimization = session.optimization
+        extra = {"method": config.method.name, "step": step, "config": to_dict(config)}
+        save_checkpoint(optimization.exported, output_dir / "checkpoint", extra=extra)
+        save_state(output_dir / "state", model=optimization.model,
+                   ema=None if optimization.ema is None else optimization.ema.module,
+                   optimizer=optimization.optimizer, scheduler=optimization.scheduler, step=step,
+                   data_position=data_position, rng=rng, config=to_dict(config))
+    if dist.world_size > 1:
+        torch_dist.barrier()
+
+
+class RunLog:
+    """log.jsonl, appended line by line. On resume, lines past the resumed step are dropped first:
+    the steps after the last state were lost with the kill and run again."""
+
+    def __init__(self, path: Path, start: int, enabled: bool, fresh: bool):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [] if fresh or not path.is_file() else path.read_text().splitlines()
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= start]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")

@@ -1,7 +1,7 @@
 """The world's summary table: clean zero-shot and PGD-20 accuracy of its three models."""
 from __future__ import annotations
 
-MODELS = ("weak", "weak-robust", "strong")
+from ..layout import WORLD_MODELS
 
 
 def world_table(record: dict) -> str:
@@ -9,13 +9,13 @@ def world_table(record: dict) -> str:
     measured, tasks = record["measured"], record["tasks"]
     eps = record["epsilon"] * 255
     width = max(len(t) for t in tasks + ["average (zero-shot)"]) + 2
-    header = f"{'task':<{width}}" + "".join(f"{m + ' clean/pgd20':>24}" for m in MODELS)
+    header = f"{'task':<{width}}" + "".join(f"{m + ' clean/pgd20':>24}" for m in WORLD_MODELS)
     lines = [f"Embedded world: zero-shot accuracy (%), PGD-20 at eps {eps:g}/255, "
              f"alignment task '{record['alignment_task']}'", header, "-" * len(header)]
 
     def row(label: str, task_names: list[str]) -> str:
         cells = []
-        for model in MODELS:
+        for model in WORLD_MODELS:
             clean = sum(measured[model][t]["clean_acc"] for t in task_names) / len(task_names)
             robust = sum(measured[model][t]["pgd20_acc"] for t in task_names) / len(task_names)
             cells.append(f"{100 * clean:>16.1f} /{100 * robust:>5.1f}")

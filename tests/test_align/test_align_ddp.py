@@ -6,7 +6,7 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
-from robust_w2s.align import loop
+from robust_w2s.align import setup
 from robust_w2s.align.config import load_config
 from robust_w2s.align.loop import train
 
@@ -21,14 +21,14 @@ def _worker(rank: int, world_size: int, port: int, home: str, out: str) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     models = []
-    real = loop.load_student
+    real = setup.load_student
 
     def keep(*args, **kwargs):  # remember this rank's student to compare weights afterwards
         loaded = real(*args, **kwargs)
         models.append(loaded[0])
         return loaded
 
-    loop.load_student = keep
+    setup.load_student = keep
     train(load_config(None, DDP_RUN), out, home=home)
     torch.save({k: v.detach().clone() for k, v in models[0].state_dict().items()}, f"{out}/rank{rank}.pt")
     torch.distributed.destroy_process_group()

@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from attacks import cross_entropy, inverse_adversarial
+from robust_w2s.attacks import cross_entropy, inverse_adversarial
 from robust_w2s.align import methods as M
 from robust_w2s.align.config import load_config
 from robust_w2s.align.inputs import Batch, Models, StepInputs
 from robust_w2s.align.loop import train
-from robust_w2s.align.setup import (Dist, PixelView, alignment_data, load_teacher, teacher_cache,
-                                    world_record)
+from robust_w2s.align.setup import Dist, PixelView, alignment_data, load_teacher, teacher_cache
+from robust_w2s.layout import read_world
 from robust_w2s.models import eval_transform, load_model
 
 
@@ -16,7 +16,7 @@ from robust_w2s.models import eval_transform, load_model
 def test_dataset_has_a_label_column_only_for_methods_defined_with_labels(world_home, tiny_config, name):
     config = tiny_config(f"method.name={name}")
     plan = M.Plan.build(config.method)
-    dataset, classnames, _ = alignment_data(config, plan, world_record(world_home), world_home)
+    dataset, classnames, _ = alignment_data(config, plan, read_world(world_home), world_home)
     assert ("label" in dataset.column_names) == (name in ("tecoa", "pmg-aft"))
     assert dataset.column_names[0] == "image" and classnames
 
@@ -37,7 +37,7 @@ def test_a_label_free_method_cannot_read_labels_even_when_it_tries(world_home, t
 
 
 def test_iar_lowers_the_teachers_ce_to_its_own_prediction_within_its_ball(world_home):
-    world = world_record(world_home)
+    world = read_world(world_home)
     task = world["alignment_task"]
     student, _, _ = load_model("embedded:strong", home=world_home)
     transform = eval_transform(student, normalize=False)
@@ -48,9 +48,10 @@ def test_iar_lowers_the_teachers_ce_to_its_own_prediction_within_its_ball(world_
     probs = teacher_cache(teacher, view, Dist(0, 1, torch.device("cpu")))
     images = torch.stack([view[i]["pixels"] for i in range(32)])
     eps = 4 / 255
-    models = Models(None, None, None, teacher, None, {}, {"eps": eps, "steps": 3, "alpha": eps / 2,
-                                                          "start_noise_std": 0.001},
-                    torch.Generator(), torch.Generator().manual_seed(0))
+    models = Models(student=None, student_plain=None, frozen=None, teacher=teacher, teacher_cache=probs,
+                    entropy_median=None, attack={},
+                    refine={"eps": eps, "steps": 3, "alpha": eps / 2, "start_noise_std": 0.001},
+                    attack_rng=torch.Generator(), refine_rng=torch.Generator().manual_seed(0))
     method = M.get_method(M.MethodSettings(iar=True))
     inputs = StepInputs(method, Batch(images, None, probs), models, 0.0)
     refined = inputs["refined_teacher_probs"]

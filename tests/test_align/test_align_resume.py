@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from robust_w2s.align import loop
+from robust_w2s.align import state
 from robust_w2s.align.loop import train
 from robust_w2s.checkpoints import WEIGHTS_FILE
 
@@ -21,16 +21,16 @@ def test_kill_after_step_3_and_resume_equals_an_uninterrupted_run(world_home, ti
     config = tiny_config("optim.ema_decay=0.9")
     whole = train(config, tmp_path / "whole", home=world_home)
 
-    real_save_state = loop.save_state
+    real_save_state = state.save_state
 
     def save_then_die(*args, **kwargs):
         real_save_state(*args, **kwargs)
         raise Killed  # the process dies right after the step-3 state is on disk
 
-    monkeypatch.setattr(loop, "save_state", save_then_die)
+    monkeypatch.setattr(state, "save_state", save_then_die)
     with pytest.raises(Killed):
         train(config, tmp_path / "killed", home=world_home)
-    monkeypatch.setattr(loop, "save_state", real_save_state)
+    monkeypatch.setattr(state, "save_state", real_save_state)
     resumed = train(config, tmp_path / "killed", home=world_home, resume=True)
 
     a, b = load_file(whole / WEIGHTS_FILE), load_file(resumed / WEIGHTS_FILE)

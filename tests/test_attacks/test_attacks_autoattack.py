@@ -5,9 +5,9 @@ import importlib
 import pytest
 import torch
 
-from attacks import VERSIONS, autoattack
+from robust_w2s.attacks import VERSIONS, autoattack
 
-aa_module = importlib.import_module("attacks.autoattack")  # `attacks.autoattack` is the function
+aa_module = importlib.import_module("robust_w2s.attacks.autoattack")  # `attacks.autoattack` is the function
 TINY = dict(apgd_steps=5, fab_steps=5, square_queries=100)
 
 

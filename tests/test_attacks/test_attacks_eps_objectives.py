@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attacks import OBJECTIVES, VERSIONS, cross_entropy, feature_distance, kl_divergence, parse_eps
+from robust_w2s.attacks import OBJECTIVES, VERSIONS, cross_entropy, feature_distance, kl_divergence, parse_eps
 
 
 @pytest.mark.parametrize(

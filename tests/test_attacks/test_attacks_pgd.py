@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attacks import cross_entropy, feature_distance, inverse_adversarial, pgd
+from robust_w2s.attacks import cross_entropy, feature_distance, inverse_adversarial, pgd
 
 
 def test_linf_pgd_reaches_the_known_optimum_of_a_linear_model(tm):

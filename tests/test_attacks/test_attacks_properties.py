@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attacks import autoattack, inverse_adversarial, pgd
+from robust_w2s.attacks import autoattack, inverse_adversarial, pgd
 
 TOLERANCE = 1e-6
 # database=None: no example database written into the repository.

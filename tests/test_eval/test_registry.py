@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval import registry
-from eval.registry import (
+from robust_w2s.errors import UserError
+from robust_w2s.eval import registry
+from robust_w2s.eval.registry import (
     BENCHMARKS, PROTOCOLS, SUITES, Benchmark, Protocol, UnknownNameError,
     get_benchmark, get_protocol, register, suite_benchmarks,
 )
@@ -90,7 +91,7 @@ def test_unknown_names_raise_one_line_messages(call, bad, hint):
         call(bad)
     message = str(info.value)
     assert bad in message and hint in message and "\n" not in message
-    assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)
+    assert isinstance(info.value, KeyError) and isinstance(info.value, UserError)  # a lookup error; CLI exit 2
 
 
 def test_protocols_have_the_published_values():

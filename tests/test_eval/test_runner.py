@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from eval import audits
-from eval.registry import Benchmark
-from eval.runner import EvalSettings, evaluate_benchmark
+from robust_w2s.eval import audits
+from robust_w2s.eval.registry import Benchmark
+from robust_w2s.eval.runner import EvalSettings, evaluate_benchmark
 from torchvision.transforms import ToTensor
 
 N_CLASSES = 4

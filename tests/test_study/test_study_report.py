@@ -4,8 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from study.plan import CURVE_MODELS, RUNS, TABLE_B, WORLD_MODELS
-from study.report import Results, build_markdown, claims, pgr, write_report
+from robust_w2s.eval.records import EvalRecord
+from robust_w2s.layout import WORLD_MODELS
+from robust_w2s.study.claims import claims
+from robust_w2s.study.plan import CURVE_MODELS, RUNS, TABLE_B
+from robust_w2s.study.report import build_markdown, write_report
+from robust_w2s.study.results import Results, pgr
 
 REPO = Path(__file__).resolve().parents[2]
 TASKS = ["shape", "colour", "size-shape"]
@@ -34,11 +38,14 @@ def fake_results(accuracy: dict, seeds=(0, 1)) -> dict:
                 for eps in eps_values:
                     for attack in attacks:
                         robust_acc = robust - (0.01 if attack == "autoattack" else 0.0)
-                        records.append({"model": model, "group": group, "seed": seed, "kind": kind, "task": task,
-                                        "attack": attack, "eps": eps, "eps_label": f"{round(eps * 255)}/255",
-                                        "n_samples": 10, "eval_seed": 0, "clean_acc": clean,
-                                        "robust_acc": robust_acc, "worst_case_acc": robust - 0.01,
-                                        "audits_passed": True, "failed_audits": [], "seconds": 1.0})
+                        result = EvalRecord(
+                            model=model, dataset=task, attack=attack, eps=eps, eps_label=f"{round(eps * 255)}/255",
+                            n_samples=10, seed=0, clean_acc=clean, robust_acc=robust_acc,
+                            worst_case_acc=robust - 0.01, audits={}, audits_passed=True, seconds=1.0,
+                            dataset_seconds=1.0, protocol="embedded", settings={}, benchmark={}, device="cpu",
+                            versions={})
+                        records.append({"model": model, "group": group, "seed": seed, "kind": kind,
+                                        "result": result.to_dict()})
     settings = {"seeds": list(seeds), "overrides": [], "n_eval": 10, "n_autoattack": 10, "autoattack_seeds": 1,
                 "autoattack_all_tasks": True, "n_curve": 10, "curve_eps": ["1/255", "4/255"], "audit_samples": 5,
                 "eval_seed": 0, "quick": False}
@@ -46,7 +53,8 @@ def fake_results(accuracy: dict, seeds=(0, 1)) -> dict:
                       "wall_seconds": 60.0, "job_seconds": 100.0, "workers": 2, "cpu_count": 2},
             "world": {"epsilon": EPS, "teacher_train_epsilon": 3 / 255, "alignment_task": "shape", "tasks": TASKS,
                       "seed": 0, "fingerprint": "f"},
-            "training": {f"{run.name}/seed{s}": {"steps": 100} for run in RUNS for s in seeds},
+            "training": {f"{run.name}/seed{s}": {"steps": 100, "config": {"train": {"batch_size": 64}}}
+                         for run in RUNS for s in seeds},
             "records": records}
 
 
@@ -128,7 +136,8 @@ def test_claim_d_needs_both_clean_and_robust_above_the_teacher(student, verdict)
 
 def test_failed_audits_are_listed(tmp_path):
     results = fake_results({})
-    results["records"][0] |= {"audits_passed": False, "failed_audits": ["nested: autoattack-robust not pgd-robust"]}
+    failed = {"name": "nested", "passed": False, "detail": "autoattack-robust not pgd-robust"}
+    results["records"][0]["result"] |= {"audits_passed": False, "audits": {"nested": failed}}
     text = build_markdown(results)
     assert "failed an audit" in text and "nested: autoattack-robust not pgd-robust" in text
     path = write_report(results, tmp_path)

@@ -4,12 +4,13 @@ import json
 
 import pytest
 
-import study.run as study_run
+import robust_w2s.study.run as study_run
 from robust_w2s.align import load_config
 from robust_w2s.align.config import to_dict
 from robust_w2s.errors import UserError
-from study.plan import QUICK, RUNS, WORLD_MODELS, run_overrides
-from study.run import EvalJob, TrainJob, fingerprint, plan_jobs
+from robust_w2s.layout import WORLD_MODELS
+from robust_w2s.study.plan import QUICK, RUNS, run_overrides
+from robust_w2s.study.run import EvalJob, TrainJob, fingerprint, plan_jobs
 
 TINY_STUDY = dataclasses.replace(
     QUICK, overrides=("train.steps=2", "train.batch_size=16", "train.checkpoint_every=2", "attack.steps=1",
@@ -81,10 +82,10 @@ def test_study_runs_every_job_keeps_finished_ones_and_retries_a_failure(world_ho
 
     results = json.loads((report.parent / "results.json").read_text())
     tasks = json.loads((world_home / "world" / "world.json").read_text())["tasks"]
-    main = {(r["model"], r["task"]) for r in results["records"] if r["kind"] == "main"}
+    main = {(r["model"], r["result"]["dataset"]) for r in results["records"] if r["kind"] == "main"}
     models = [*WORLD_MODELS, *(f"{run.name}/seed0" for run in RUNS)]
     assert main == {(model, task) for model in models for task in tasks}
-    assert all(r["n_samples"] == TINY_STUDY.n_eval for r in results["records"] if r["kind"] == "main")
+    assert all(r["result"]["n_samples"] == TINY_STUDY.n_eval for r in results["records"] if r["kind"] == "main")
     assert results["training"]["adv-w2s/seed0"]["config"]["train"]["steps"] == 2
     text = report.read_text()
     assert all(f"**({key})" in text for key in "abcd")
