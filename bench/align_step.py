@@ -24,14 +24,15 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from robust_w2s import ZeroShotClassifier, load_model
+from robust_w2s.align.config import OptimSettings
 from robust_w2s.align.inputs import Batch, Models, StudentHeads
 from robust_w2s.align.loop import train_step
 from robust_w2s.align.methods import MethodSettings, get_method
-from robust_w2s.align.config import OptimSettings
-from robust_w2s.align.setup import median_entropy, optimizer_and_schedule
+from robust_w2s.align.setup import Optimization, median_entropy, optimizer_and_schedule
 from robust_w2s.errors import UserError
-from robust_w2s.world.build import MODEL_CONFIG_DIR
+from robust_w2s.models import load_model
+from robust_w2s.world.recipes import MODEL_CONFIG_DIR
+from robust_w2s.zeroshot import ZeroShotClassifier
 
 CLASSNAMES = [f"class {k}" for k in range(10)]
 
@@ -99,17 +100,20 @@ def main() -> None:
     with torch.no_grad():
         cache = teacher(pixels).float().softmax(dim=-1)  # the training loop reads this from its cache
     eps = 2 / 255 if cuda else 4 / 255
-    models = Models(heads, heads, None, teacher, median_entropy(cache),
-                    {"eps": eps, "steps": m, "alpha": eps / 4, "start_noise_std": 0.001},
-                    {"eps": eps, "steps": n, "alpha": eps / 2, "start_noise_std": 0.001},
-                    torch.Generator(args.device).manual_seed(1), torch.Generator(args.device).manual_seed(2))
+    models = Models(student=heads, student_plain=heads, frozen=None, teacher=teacher, teacher_cache=cache,
+                    entropy_median=median_entropy(cache),
+                    attack={"eps": eps, "steps": m, "alpha": eps / 4, "start_noise_std": 0.001},
+                    refine={"eps": eps, "steps": n, "alpha": eps / 2, "start_noise_std": 0.001},
+                    attack_rng=torch.Generator(args.device).manual_seed(1),
+                    refine_rng=torch.Generator(args.device).manual_seed(2))
     method = get_method(MethodSettings(name="adv-w2s", eur=True, iar=True))
-    optimizer, _ = optimizer_and_schedule(student_model.visual, OptimSettings(lr=1e-6), 1000)
+    optimizer, scheduler = optimizer_and_schedule(student_model.visual, OptimSettings(lr=1e-6), 1000)
+    optimization = Optimization(student_model, optimizer, scheduler, ema=None, grad_clip=1.0)
     batch = Batch(pixels, None, cache)
     target = cache.argmax(dim=1)
 
     def step():
-        train_step(method, batch, models, student_model, optimizer, 1.0, None, 0, 1000, cuda)
+        train_step(method, batch, models, optimization, step=0, steps=1000, bf16=cuda)
 
     def input_gradient_pass(module):  # one attack / refinement step's forward + input gradient
         def run():

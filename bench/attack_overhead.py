@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from robust_w2s.attacks import pgd
 from robust_w2s import ZeroShotClassifier, load_model
 from robust_w2s.errors import UserError
-from robust_w2s.world.build import MODEL_CONFIG_DIR
+from robust_w2s.world.recipes import MODEL_CONFIG_DIR
 
 CLASSNAMES = [f"class {k}" for k in range(10)]
 

@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny embedded world built once per test session (about half a minute)."""
 from __future__ import annotations
 
+import sys
+
 import open_clip
 import pytest
 import torch
@@ -50,3 +52,13 @@ def tiny_model():
     model = open_clip.create_model("rw2s-test-tiny").eval()
     model.rw2s_model_cfg = TINY_CONFIG
     return model, open_clip.get_tokenizer("rw2s-test-tiny")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_namespace():
+    """Every import goes through ``robust_w2s.*``. From the repository root the folders attacks/,
+    eval/ and study/ are also importable as top-level packages: such an import would be a second
+    copy of the module, with its own registries and state."""
+    yield
+    stray = sorted({"attacks", "eval", "study"} & sys.modules.keys())
+    assert not stray, f"imported outside the robust_w2s namespace: {stray}"
