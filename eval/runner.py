@@ -35,7 +35,7 @@ class EvalSettings:
     norm: str = "linf"                # threat model (the audits assume Linf)
 
 
-def _attack(name: str, classifier, pixels, labels, clean_correct, eps: float, settings: EvalSettings,
+def _attack(name: str, classifier, pixels, labels, *, clean_correct, eps: float, settings: EvalSettings,
             generator: torch.Generator, n_classes: int):
     """(adversarial images, robust mask) of one attack on one batch."""
     if name == "pgd":
@@ -48,7 +48,7 @@ def _attack(name: str, classifier, pixels, labels, clean_correct, eps: float, se
     return result.adversarial, result.robust
 
 
-def evaluate_benchmark(classifier: ZeroShotClassifier, dataset, benchmark: Benchmark, transform,
+def evaluate_benchmark(classifier: ZeroShotClassifier, dataset, benchmark: Benchmark, *, transform,
                        settings: EvalSettings, device: str = "cpu") -> dict:
     """Clean accuracy, robust accuracy per (attack, eps), worst case per eps and the audits."""
     n_classes = len(benchmark.classnames)
@@ -58,8 +58,8 @@ def evaluate_benchmark(classifier: ZeroShotClassifier, dataset, benchmark: Bench
     generators = {key: torch.Generator(device).manual_seed(settings.seed)
                   for key in [*settings.eps, audits.LARGE_EPS]}
     audited, gradient_ok, large_eps_correct = 0, 0, 0
-    batches = iterate_batches(dataset, transform, settings.batch_size, benchmark.image_column,
-                              benchmark.label_column)
+    batches = iterate_batches(dataset, transform, settings.batch_size, image_column=benchmark.image_column,
+                              label_column=benchmark.label_column)
     progress = tqdm(batches, total=-(-len(dataset) // settings.batch_size), unit="batch",
                     desc=f"{benchmark.name}", leave=False)
     for pixels, labels in progress:
@@ -70,8 +70,9 @@ def evaluate_benchmark(classifier: ZeroShotClassifier, dataset, benchmark: Bench
         for eps in settings.eps:
             for name in settings.attacks:
                 started = time.perf_counter()
-                adversarial, robust_mask = _attack(name, classifier, pixels, labels, clean_correct, eps,
-                                                   settings, generators[eps], n_classes)
+                adversarial, robust_mask = _attack(name, classifier, pixels, labels, clean_correct=clean_correct,
+                                                   eps=eps, settings=settings, generator=generators[eps],
+                                                   n_classes=n_classes)
                 seconds[name, eps] += time.perf_counter() - started
                 robust[name, eps].append(robust_mask.cpu())
                 gap = (adversarial - pixels).abs().flatten(1).amax(1).max().item() - eps
@@ -89,11 +90,11 @@ def evaluate_benchmark(classifier: ZeroShotClassifier, dataset, benchmark: Bench
             audited += len(part_labels)
     clean_mask = torch.cat(clean)
     masks = {key: torch.cat(value) for key, value in robust.items()}
-    return _summarize(clean_mask, masks, distance, seconds, settings, n_classes,
+    return _summarize(clean_mask, masks, distance=distance, seconds=seconds, settings=settings, n_classes=n_classes,
                       gradient_fraction=gradient_ok / audited, large_eps_acc=large_eps_correct / audited)
 
 
-def _summarize(clean_mask, masks, distance, seconds, settings: EvalSettings, n_classes: int,
+def _summarize(clean_mask, masks, *, distance, seconds, settings: EvalSettings, n_classes: int,
                gradient_fraction: float, large_eps_acc: float) -> dict:
     worst = {eps: clean_mask.clone() for eps in settings.eps}
     for (name, eps), mask in masks.items():

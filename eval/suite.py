@@ -17,7 +17,7 @@ from .versions import package_versions
 from .zeroshot import load_subset, task_name
 
 
-def run_eval(model_spec: str, benchmarks: list[Benchmark], settings: EvalSettings, output_dir: str | Path,
+def run_eval(model_spec: str, benchmarks: list[Benchmark], settings: EvalSettings, output_dir: str | Path, *,
              home=None, device: str | None = None, protocol: str | None = None) -> list[EvalRecord]:
     """Evaluate ``model_spec`` on every benchmark; returns the records written to ``output_dir``."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -30,7 +30,8 @@ def run_eval(model_spec: str, benchmarks: list[Benchmark], settings: EvalSetting
         started = time.time()
         dataset = load_subset(benchmark, home, settings.n_samples, settings.seed)
         classifier = ZeroShotClassifier(model, tokenizer, benchmark.classnames, benchmark.templates).to(device)
-        result = evaluate_benchmark(classifier, dataset, benchmark, transform, settings, device)
+        result = evaluate_benchmark(classifier, dataset, benchmark, transform=transform, settings=settings,
+                                    device=device)
         for row in result["rows"]:
             record = EvalRecord(
                 model=model_spec, dataset=task_name(benchmark), attack=row["attack"], eps=row["eps"],

@@ -28,7 +28,7 @@ def task_name(benchmark: Benchmark) -> str:
     return benchmark.name.removeprefix("embedded/")
 
 
-def zero_shot_report(model_spec: str, benchmarks: list[Benchmark], home=None, n_samples: int | None = None,
+def zero_shot_report(model_spec: str, benchmarks: list[Benchmark], *, home=None, n_samples: int | None = None,
                      seed: int = 0, batch_size: int = 256) -> dict:
     """``{"model", "tasks": {TASK: {"clean_acc", "n"}}, ...}`` (DESIGN.md section 8)."""
     model, _, tokenizer = load_model(model_spec, home=home)
@@ -38,7 +38,8 @@ def zero_shot_report(model_spec: str, benchmarks: list[Benchmark], home=None, n_
     for benchmark in tqdm(benchmarks, desc=f"zero-shot {model_spec}", unit="task"):
         dataset = load_subset(benchmark, home, n_samples, seed)
         classifier = ZeroShotClassifier(model, tokenizer, benchmark.classnames, benchmark.templates)
-        batches = iterate_batches(dataset, transform, batch_size, benchmark.image_column, benchmark.label_column)
+        batches = iterate_batches(dataset, transform, batch_size, image_column=benchmark.image_column,
+                                  label_column=benchmark.label_column)
         clean_acc, n = accuracy(classifier, batches)
         tasks[task_name(benchmark)] = {"clean_acc": clean_acc, "n": n}
     return {"model": model_spec, "tasks": tasks, "n_samples": n_samples, "seed": seed,

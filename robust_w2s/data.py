@@ -91,7 +91,7 @@ def decode_image(value, row: int) -> Image.Image:
         raise UserError(f"corrupt or unreadable image at {where}: {error.__class__.__name__}") from None
 
 
-def iterate_batches(dataset: datasets.Dataset, transform, batch_size: int = 256,
+def iterate_batches(dataset: datasets.Dataset, transform, batch_size: int = 256, *,
                     image_column: str = "image", label_column: str | None = "label",
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yield (pixels [B, 3, H, W], labels [B] or None) with ``transform`` applied to each image.

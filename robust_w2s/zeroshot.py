@@ -38,7 +38,7 @@ class ZeroShotClassifier(nn.Module):
     """
 
     def __init__(self, model: nn.Module, tokenizer, classnames: Sequence[str] = (),
-                 templates: Sequence[str] = (), text_head: torch.Tensor | None = None):
+                 templates: Sequence[str] = (), *, text_head: torch.Tensor | None = None):
         super().__init__()
         self.model = model
         cfg = preprocess_cfg(model)

@@ -27,7 +27,7 @@ def _probs(teacher, pixels):
     return teacher(pixels).float().softmax(dim=-1)
 
 
-def diagnose_teacher(spec: str, world: dict, home=None, n_samples: int = 2048, refine_steps: int = 2,
+def diagnose_teacher(spec: str, world: dict, *, home=None, n_samples: int = 2048, refine_steps: int = 2,
                      seed: int = 0) -> dict:
     """Accuracy, entropy, EUR weights and IAR's effect of teacher ``spec`` on the alignment split."""
     task = world["alignment_task"]
@@ -71,7 +71,8 @@ def main(argv=None) -> None:
     parser.add_argument("--n-samples", type=int, default=2048, help="alignment images to use (default 2048)")
     args = parser.parse_args(argv)
     world = read_world(args.home)
-    report = [diagnose_teacher(spec, world, args.home, args.n_samples) for spec in (NATURAL_TEACHER, ROBUST_TEACHER)]
+    report = [diagnose_teacher(spec, world, home=args.home, n_samples=args.n_samples)
+              for spec in (NATURAL_TEACHER, ROBUST_TEACHER)]
     print(json.dumps(report, indent=2))
 
 

@@ -110,18 +110,21 @@ def plan_jobs(settings: StudySettings, work: Path, world: dict) -> list[Job]:
     for seed in settings.seeds:
         for run in order:
             model = f"{run.name}/seed{seed}"
-            job = TrainJob(f"train {model}", model, str(work / "runs" / run.name / f"seed{seed}"),
-                           str(run.config_path), tuple(run_overrides(run, seed, settings)), world_fp)
+            job = TrainJob(key=f"train {model}", model=model, folder=str(work / "runs" / run.name / f"seed{seed}"),
+                           config=str(run.config_path), overrides=tuple(run_overrides(run, seed, settings)),
+                           upstream=world_fp)
             trained[model] = job
             jobs.append(job)
 
     def evaluation(model, kind, attacks, eps_values, n_samples, tasks=()):
         source = trained.get(model.id)
-        spec = str(Path(source.folder) / "checkpoint") if source else model_spec(model.id)
         suffix = f"/{tasks[0]}" if tasks else ""
-        return EvalJob(f"{kind} {model.id}{suffix}", model.id, str(work / "eval" / kind / f"{model.id}{suffix}"),
-                       kind, spec, attacks, eps_values, n_samples, settings.eval_seed, settings.audit_samples,
-                       fingerprint(source) if source else world_fp, tasks, source.key if source else None)
+        return EvalJob(key=f"{kind} {model.id}{suffix}", model=model.id,
+                       folder=str(work / "eval" / kind / f"{model.id}{suffix}"), kind=kind,
+                       spec=str(Path(source.folder) / "checkpoint") if source else model_spec(model.id),
+                       attacks=attacks, eps=eps_values, n_samples=n_samples, eval_seed=settings.eval_seed,
+                       audit_samples=settings.audit_samples, upstream=fingerprint(source) if source else world_fp,
+                       tasks=tasks, needs=source.key if source else None)
 
     autoattack_seeds = set(settings.seeds[:settings.autoattack_seeds])
     for model in study_models(settings):
@@ -179,7 +182,7 @@ def execute(jobs: list[Job], home, workers: int) -> dict[str, str]:
             if workers > 1 else _InProcess())
     bar = tqdm(total=len(todo), desc="study", unit="job", dynamic_ncols=True)
     try:
-        _schedule(todo, finished, failed, pool, workers, home, bar)
+        _schedule(todo, finished=finished, failed=failed, pool=pool, workers=workers, home=home, bar=bar)
     except futures.process.BrokenProcessPool:
         raise UserError("a worker process died (out of memory?); finished jobs are kept, "
                         "run the same command again (or with --workers 1)") from None
@@ -188,7 +191,8 @@ def execute(jobs: list[Job], home, workers: int) -> dict[str, str]:
     return failed
 
 
-def _schedule(todo: list[Job], finished: set[str], failed: dict[str, str], pool, workers: int, home, bar) -> None:
+def _schedule(todo: list[Job], *, finished: set[str], failed: dict[str, str], pool, workers: int, home,
+              bar) -> None:
     """Keep ``workers`` jobs running, a job only after the one it needs; record what fails."""
     running: dict[futures.Future, Job] = {}
     with pool:
@@ -219,7 +223,7 @@ def _schedule(todo: list[Job], finished: set[str], failed: dict[str, str], pool,
                 bar.update(1)
 
 
-def collect(jobs: list[Job], settings: StudySettings, world: dict, wall_seconds: float, workers: int,
+def collect(jobs: list[Job], settings: StudySettings, world: dict, *, wall_seconds: float, workers: int,
             command: str) -> dict:
     """results.json: the study's settings, the world, every training's config and every eval record."""
     from robust_w2s.eval.records import load_records
@@ -255,7 +259,7 @@ def collect(jobs: list[Job], settings: StudySettings, world: dict, wall_seconds:
     }
 
 
-def run_study(settings: StudySettings, output_dir: str | Path, home=None, workers: int = 1,
+def run_study(settings: StudySettings, output_dir: str | Path, *, home=None, workers: int = 1,
               report_dir: str | Path | None = None, command: str = "robust-w2s demo",
               world_config: WorldConfig = WorldConfig()) -> Path:
     """Build or reuse the world, run every missing job, write results.json and the report; return
@@ -275,7 +279,7 @@ def run_study(settings: StudySettings, output_dir: str | Path, home=None, worker
         first = next(iter(failed.items()))
         raise UserError(f"{len(failed)} study jobs failed (first: {first[0]}: {first[1]}); "
                         "finished jobs are kept, run the same command again to retry")
-    results = collect(jobs, settings, world, time.time() - started, workers, command)
+    results = collect(jobs, settings, world, wall_seconds=time.time() - started, workers=workers, command=command)
     report_dir = Path(report_dir or output_dir)
     return write_report(results, report_dir)
 

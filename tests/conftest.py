@@ -61,4 +61,4 @@ def _one_namespace():
     copy of the module, with its own registries and state."""
     yield
     stray = sorted({"attacks", "eval", "study"} & sys.modules.keys())
-    assert not stray, f"imported outside the robust_w2s namespace: {stray}"
+    assert not stray, f"imported outside the robust_w2s namespace: {[(n, sys.modules[n]) for n in stray]}"

@@ -39,7 +39,7 @@ def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume:
     torch.manual_seed(run.seed + dist.rank)
 
     # Setup: data (labels only if declared), models, teacher cache, optimizer (setup.prepare).
-    session = prepare(config, plan, dist, world, home)
+    session = prepare(config, plan, dist, world=world, home=home)
     start = restore(output_dir / "state", config, dist, session) if resume else 0
     check = (ZeroShotCheck.on_world(session.optimization.exported, session.tokenizer, world, config.check,
                                     eps=session.models.attack["eps"], home=home, seed=run.seed)
@@ -53,7 +53,8 @@ def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume:
 
     # The loop: identical for every method.
     bar = tqdm(total=run.steps, initial=start, disable=not dist.is_main, desc=config.method.name, unit="step")
-    stream = batches(session.view, run.batch_size, run.seed, dist, start, config.data.workers)
+    stream = batches(session.view, batch_size=run.batch_size, seed=run.seed, dist=dist, start_step=start,
+                     workers=config.data.workers)
     bf16 = run.bf16 and dist.device.type == "cuda"
     for step, position, items in stream:
         if step >= run.steps:
@@ -83,8 +84,8 @@ def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume:
         if check is not None and ((run.eval_every and done % run.eval_every == 0) or done == run.steps):
             log.write({"step": done, "check": check()})
         if done % run.checkpoint_every == 0 or done == run.steps:
-            save_run(output_dir, config, dist, session, done,
-                     {"epoch": position["epoch"], "position": position["position"] + 1})
+            save_run(output_dir, config, dist, session, step=done,
+                     data_position={"epoch": position["epoch"], "position": position["position"] + 1})
     bar.close()
     return output_dir / "checkpoint"
 

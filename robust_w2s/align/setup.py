@@ -106,7 +106,7 @@ class PixelView(torch.utils.data.Dataset):
         return item
 
 
-def batches(view: PixelView, batch_size: int, seed: int, dist: Dist, start_step: int, workers: int):
+def batches(view: PixelView, *, batch_size: int, seed: int, dist: Dist, start_step: int, workers: int):
     """Endless (step, batch) from ``start_step``: epoch e is DistributedSampler's permutation for
     (seed, e), cut into per-rank batches; the position is a function of the step, so resuming
     at step k continues with exactly the batch an uninterrupted run would see."""
@@ -127,7 +127,7 @@ def batches(view: PixelView, batch_size: int, seed: int, dist: Dist, start_step:
             step, position = step + 1, position + 1
 
 
-def load_student(spec: str, home, device, classnames, templates):
+def load_student(spec: str, *, home, device, classnames, templates):
     """(open_clip model, tokenizer, classifier): image tower trainable, text tower frozen."""
     model, _, tokenizer = load_model(spec, home=home, device=str(device))
     for name, parameter in model.named_parameters():
@@ -141,7 +141,7 @@ def load_frozen(model, classifier: ZeroShotClassifier) -> ZeroShotClassifier:
     return ZeroShotClassifier(frozen, None, text_head=classifier.text_head)
 
 
-def load_teacher(spec: str, home, device, classnames, templates, image_size) -> ZeroShotClassifier:
+def load_teacher(spec: str, *, home, device, classnames, templates, image_size) -> ZeroShotClassifier:
     model, _, tokenizer = load_model(spec, home=home, device=str(device))
     model.requires_grad_(False)
     teacher_size = eval_transform(model, normalize=False).transforms[0].size
@@ -155,7 +155,7 @@ def _side(size) -> int:
 
 
 @torch.no_grad()
-def teacher_cache(teacher: ZeroShotClassifier, view: PixelView, dist: Dist, batch_size: int = 256,
+def teacher_cache(teacher: ZeroShotClassifier, view: PixelView, dist: Dist, *, batch_size: int = 256,
                   workers: int = 0) -> torch.Tensor:
     """p_T(x) for every alignment image, [N, K] float32 on the CPU: the teacher is frozen, so its
     clean outputs are computed once, before training, and read per batch. Under DDP each process
@@ -229,7 +229,7 @@ class Session:
     generators: dict[str, torch.Generator]   # attack and refinement starts: saved with the state
 
 
-def prepare(config: AlignConfig, plan: Plan, dist: Dist, world: dict | None, home) -> Session:
+def prepare(config: AlignConfig, plan: Plan, dist: Dist, *, world: dict | None, home) -> Session:
     """Load data and models, compute the teacher cache, build the optimizer: one function per step."""
     # Attack radii first, so that a bad one fails before anything loads; IAR's only where declared.
     attack, world_eps = config.attack, (world or {}).get("epsilon")
@@ -243,11 +243,13 @@ def prepare(config: AlignConfig, plan: Plan, dist: Dist, world: dict | None, hom
     dataset, classnames, templates = alignment_data(config, plan, world, home)
 
     # Models: the student's image tower trains; its text tower, the teacher and S0 stay frozen.
-    model, tokenizer, classifier = load_student(config.student, home, dist.device, classnames, templates)
+    model, tokenizer, classifier = load_student(config.student, home=home, device=dist.device,
+                                                classnames=classnames, templates=templates)
     transform = eval_transform(model, normalize=False)
     view = PixelView(dataset, transform, config.data.image_column, config.data.label_column)
-    teacher = (load_teacher(config.teacher, home, dist.device, classnames, templates,
-                            transform.transforms[0].size) if plan.needs & TEACHER_INPUTS else None)
+    teacher = (load_teacher(config.teacher, home=home, device=dist.device, classnames=classnames,
+                            templates=templates, image_size=transform.transforms[0].size)
+               if plan.needs & TEACHER_INPUTS else None)
     frozen = StudentHeads(load_frozen(model, classifier)) if plan.needs & FROZEN_INPUTS else None
 
     # Teacher cache: p_T(x) of every alignment image, once (the teacher is frozen); EUR's kappa.

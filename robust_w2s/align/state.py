@@ -119,7 +119,7 @@ def restore(folder: Path, config: AlignConfig, dist, session) -> int:
     return state["step"]
 
 
-def save_run(output_dir: Path, config: AlignConfig, dist, session, step: int, data_position: dict) -> None:
+def save_run(output_dir: Path, config: AlignConfig, dist, session, *, step: int, data_position: dict) -> None:
     """checkpoint/ and state/ at ``step``: every rank gathers its RNG states, rank 0 writes."""
     rng = [rng_state(session.generators)]
     if dist.world_size > 1:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import unknown_name
+
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star", "ring", "moon")
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 235), "yellow": (235, 220, 50),
@@ -61,7 +63,7 @@ def _shape_distance(shape: str, x: np.ndarray, y: np.ndarray, radius: float) -> 
         return np.abs(np.hypot(x, y) - r * 0.72) - r * 0.28
     if shape == "moon":
         return np.maximum(np.hypot(x, y) - r, r * 0.8 - np.hypot(x - r * 0.55, y + r * 0.15))
-    raise ValueError(f"unknown shape {shape!r}; valid: {', '.join(SHAPES)}")
+    raise unknown_name("shape", shape, SHAPES)
 
 
 def _background(kind: str, side: int, rng: np.random.Generator) -> np.ndarray:
@@ -86,7 +88,7 @@ def _background(kind: str, side: int, rng: np.random.Generator) -> np.ndarray:
         coarse = rng.uniform(0, 1, size=(side // 4, side // 4))
         pattern = np.kron(coarse, np.ones((4, 4)))[:side, :side]
     else:
-        raise ValueError(f"unknown background {kind!r}; valid: {', '.join(BACKGROUNDS)}")
+        raise unknown_name("background", kind, BACKGROUNDS)
     return canvas + contrast * pattern[..., None]
 
 

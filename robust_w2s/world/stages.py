@@ -75,7 +75,8 @@ def _build_data(home: Path, config: WorldConfig) -> None:
     splits = {task: (task, config.test_size, "test") for task in TASKS}
     splits[ALIGNMENT_SPLIT] = ("alignment", config.alignment_size, "alignment")
     for name, (task, size, split) in tqdm(splits.items(), desc="world data", unit="split"):
-        _save_dataset(task_dataset(task, size, config.seed, split, config.image_size), data_dir(name, home))
+        _save_dataset(task_dataset(task, size, config.seed, split=split, image_size=config.image_size),
+                      data_dir(name, home))
     (data / "fingerprint").write_text(fingerprint)
 
 

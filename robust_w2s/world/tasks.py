@@ -107,7 +107,7 @@ def _image_feature_rows(images: list[np.ndarray]) -> list[Image.Image]:
     return [Image.fromarray(image) for image in images]
 
 
-def task_dataset(task: str, n: int, seed: int, split: str = "test", image_size: int = 32) -> datasets.Dataset:
+def task_dataset(task: str, n: int, seed: int, *, split: str = "test", image_size: int = 32) -> datasets.Dataset:
     """``n`` labelled scenes of ``task`` (columns ``image``, ``label``); task "alignment" gives
     the alignment split."""
     spec = ALIGNMENT if task == "alignment" else TASKS[task]

@@ -28,7 +28,7 @@ def _session(world_home, tiny_config, name: str, batch_size: int = 16, noise: fl
     config = tiny_config(f"method.name={name}", "optim.lr=1e-3", "optim.warmup_steps=0", "method.agft_temperature=50",
                          f"train.batch_size={batch_size}", f"train.steps={STEPS}")
     plan = Plan.build(config.method)
-    session = prepare(config, plan, CPU, read_world(world_home), world_home)
+    session = prepare(config, plan, CPU, world=read_world(world_home), home=world_home)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for parameter in session.optimization.model.visual.parameters():

@@ -41,8 +41,8 @@ def test_iar_lowers_the_teachers_ce_to_its_own_prediction_within_its_ball(world_
     task = world["alignment_task"]
     student, _, _ = load_model("embedded:strong", home=world_home)
     transform = eval_transform(student, normalize=False)
-    teacher = load_teacher("embedded:weak-robust", world_home, "cpu", world["classnames"][task],
-                           world["templates"][task], transform.transforms[0].size)
+    teacher = load_teacher("embedded:weak-robust", home=world_home, device="cpu", classnames=world["classnames"][task],
+                           templates=world["templates"][task], image_size=transform.transforms[0].size)
     dataset, *_ = alignment_data(load_config(), M.Plan.build(M.MethodSettings()), world, world_home)
     view = PixelView(dataset.select(range(32)), transform, "image", "label")
     probs = teacher_cache(teacher, view, Dist(0, 1, torch.device("cpu")))

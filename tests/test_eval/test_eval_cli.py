@@ -45,8 +45,10 @@ def test_eval_bad_flags_exit_2(world_home, tmp_path, capsys, flag, value):
 
 
 def test_failed_audit_exits_1_unless_allowed(world_home, tmp_path, monkeypatch):
-    monkeypatch.setattr("eval.audits.MIN_NONZERO_GRADIENTS", 1.01)  # no model can pass this audit
+    monkeypatch.setattr("robust_w2s.eval.audits.MIN_NONZERO_GRADIENTS", 1.01)  # no model can pass this audit
     args = ["eval", "--model", "embedded:weak", "--dataset", "embedded/colour", "--n-samples", "4",
             "--pgd-steps", "1", "--home", str(world_home), "--output-dir", str(tmp_path)]
     assert main(args) == 1
+    records = [json.loads(path.read_text()) for path in tmp_path.glob("*.json")]
+    assert records and all(not r["audits"]["nonzero_gradients"]["passed"] for r in records)
     assert main(args + ["--allow-unsound"]) == 0

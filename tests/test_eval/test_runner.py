@@ -45,7 +45,7 @@ BENCHMARK = Benchmark("toy", "local:/nowhere", "test", tuple(f"c{k}" for k in ra
 
 def _run(model, attacks=("pgd", "apgd"), eps=(1 / 255, 8 / 255)):
     settings = EvalSettings(attacks=attacks, eps=eps, pgd_steps=10, batch_size=16, audit_samples=32)
-    return evaluate_benchmark(model, _dataset(Linear()), BENCHMARK, ToTensor(), settings)
+    return evaluate_benchmark(model, _dataset(Linear()), BENCHMARK, transform=ToTensor(), settings=settings)
 
 
 def _audits(result):
