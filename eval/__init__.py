@@ -1,7 +1,8 @@
 """Zero-shot adversarial evaluation: benchmark registry, runner, soundness audits, reports.
 
-Knows nothing of training; only the CLI imports it. The registry names import eagerly; the
-runner's are imported on first use, so a registry lookup does not pay for importing torch.
+Knows nothing of training (it never imports robust_w2s.align: a contract of .importlinter). The
+registry names import eagerly; the runner's are imported on first use, so a registry lookup does
+not pay for importing torch.
 """
 from importlib import import_module
 

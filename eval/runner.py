@@ -2,7 +2,7 @@
 
 For every benchmark: each batch is classified clean, then attacked by every (epsilon, attack);
 a sample counts as robust at an epsilon only if it is correct clean *and* under every attack run
-(per-sample worst case). Audits (``eval.audits``) run on the same samples.
+(per-sample worst case). Audits (``audits.py``) run on the same samples.
 """
 from __future__ import annotations
 

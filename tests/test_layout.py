@@ -69,3 +69,14 @@ def test_the_worlds_robust_teacher_is_the_alignment_harness_tecoa(world_home, ti
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     weak = load_file(model_dir("weak", world_home) / WEIGHTS_FILE)
     assert not torch.equal(weak["visual.conv1.weight"], theirs["visual.conv1.weight"])  # it did train
+
+
+def test_the_attacks_load_without_the_clip_stack():
+    """robust_w2s/__init__ imports its public names on first use: the attacks, which know nothing
+    of CLIP, come without open_clip and datasets (and `robust-w2s --help` without torch)."""
+    import subprocess
+    import sys
+    code = ("import sys, robust_w2s.attacks, robust_w2s.cli; "
+            "print(' '.join(m for m in ('open_clip', 'datasets', 'robust_w2s.models') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "", done.stdout + done.stderr

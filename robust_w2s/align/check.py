@@ -1,7 +1,7 @@
 """The periodic zero-shot check during training: clean and PGD accuracy on a few held-out tasks.
 
 A quick signal only (small subsets, few PGD steps); the real numbers come from ``robust-w2s eval``.
-The alignment package deliberately does not import ``eval``.
+The alignment package does not import ``robust_w2s.eval`` (a contract of .importlinter).
 """
 from __future__ import annotations
 

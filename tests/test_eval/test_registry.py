@@ -140,7 +140,7 @@ def test_import_does_not_touch_the_network():
         "import socket\n"
         "def refuse(*a, **k): raise OSError('network access during import')\n"
         "socket.socket.connect = refuse; socket.create_connection = refuse; socket.getaddrinfo = refuse\n"
-        "import sys, eval.registry as r; print(len(r.BENCHMARKS), 'torch' in sys.modules)\n"
+        "import sys, robust_w2s.eval.registry as r; print(len(r.BENCHMARKS), 'torch' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
