@@ -4,6 +4,7 @@
     HOME/world/world.json     the world's record (epsilon, alignment task, tasks, class names, ...)
     HOME/world/data/SPLIT/    save_to_disk folders: each task's test split and the alignment split
     HOME/world/MODEL/         checkpoint folders, one per name in WORLD_MODELS
+    HOME/world/runs/MODEL/    the alignment run that trained a world model (weak-robust), resumable
 
 Model specs ``embedded:MODEL`` and dataset specs ``embedded:SPLIT`` resolve through this module.
 """
@@ -47,6 +48,11 @@ def model_dir(name: str, home: Home = None) -> Path:
     if name not in WORLD_MODELS:
         raise unknown_name("embedded model", name, WORLD_MODELS)
     return world_dir(home) / name
+
+
+def training_dir(name: str, home: Home = None) -> Path:
+    """The alignment run folder (checkpoint/, state/, log.jsonl) that trained world model ``name``."""
+    return world_dir(home) / "runs" / model_dir(name, home).name
 
 
 def data_dir(split: str, home: Home = None) -> Path:

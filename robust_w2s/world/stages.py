@@ -21,8 +21,8 @@ from ..align import train_or_resume
 from ..attacks import evaluation_pgd
 from ..checkpoints import atomic_folder, atomic_write_text, read_checkpoint_config, save_checkpoint
 from ..data import iterate_batches, load_image_dataset
-from ..layout import ALIGNMENT_SPLIT, EMBEDDED, RECORD_FILE, WORLD_MODELS, Home, data_dir, model_dir, \
-    model_spec, world_dir
+from ..layout import (ALIGNMENT_SPLIT, EMBEDDED, RECORD_FILE, WORLD_MODELS, Home, data_dir, model_dir, model_spec,
+                      training_dir, world_dir)
 from ..models import eval_transform, load_checkpoint, load_model
 from ..zeroshot import ZeroShotClassifier, accuracy
 from .recipes import PretrainSettings, RobustSettings, contrastive_pretrain, robust_teacher_config
@@ -98,7 +98,7 @@ def _build_models(home: Path, config: WorldConfig) -> None:
     fingerprint = config.fingerprint("seed", "image_size", "weak", "alignment_size", "robust")
     if _checkpoint_fingerprint(model_dir("weak-robust", home)) != fingerprint:
         alignment = robust_teacher_config(config.robust, config.seed)
-        trained = train_or_resume(alignment, world_dir(home) / "runs" / "weak-robust", home=home)
+        trained = train_or_resume(alignment, training_dir("weak-robust", home), home=home)
         model = load_checkpoint(trained)[0]
         extra = read_checkpoint_config(trained)["robust_w2s"]  # the alignment run's method, steps, config
         save_checkpoint(model, model_dir("weak-robust", home),
