@@ -36,9 +36,10 @@ RECIPES_VERSION = 2     # bump when a recipe changes what it trains: cached stag
 class WorldConfig:
     seed: int = 0                                  # seeds every generator, init and data order
     image_size: int = 32                           # side of the square images, pixels
-    # The world's Linf threat model (pixel units). Chosen by measurement (seed 0): PGD-20 left
-    # the undefended strong model 7.3% on average over tasks (0.8% on the alignment task), while
-    # the robust weak teacher kept 28.6% (30.0%); at 3/255 the strong model kept 16.2%.
+    # The world's Linf threat model (pixel units). Chosen by measurement (seed 0, before issue 9):
+    # PGD-20 left the undefended strong model 7.3% on average over tasks (0.8% on the alignment
+    # task), while the robust weak teacher kept 28.6% (30.0%); at 3/255 the strong model kept 16.2%.
+    # The rebuilt world (issue 9): strong 8.3% (2.7%), robust teacher 34.8% (37.5%).
     epsilon: float = 4 / 255
     test_size: int = 500                           # labelled test images per zero-shot task
     alignment_size: int = 8192                     # images of the alignment split
