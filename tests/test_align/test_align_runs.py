@@ -40,5 +40,5 @@ def test_cli_align_runs_with_the_zero_shot_check(world_home, tmp_path, capsys):
 
 def test_unknown_check_task_is_a_user_error(world_home, tiny_config, tmp_path):
     from robust_w2s.errors import UserError
-    with pytest.raises(UserError, match="unknown check.tasks task 'shapes'; did you mean shape\\?"):
+    with pytest.raises(UserError, match="unknown check.tasks task 'shapes'; did you mean shape"):
         train(tiny_config("check.tasks=[shapes]"), tmp_path / "run", home=world_home)
