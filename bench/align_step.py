@@ -108,7 +108,7 @@ def main() -> None:
                     refine_rng=torch.Generator(args.device).manual_seed(2))
     method = get_method(MethodSettings(name="adv-w2s", eur=True, iar=True))
     optimizer, scheduler = optimizer_and_schedule(student_model.visual, OptimSettings(lr=1e-6), 1000)
-    optimization = Optimization(student_model, optimizer, scheduler, ema=None, grad_clip=1.0)
+    optimization = Optimization(model=student_model, optimizer=optimizer, scheduler=scheduler, ema=None, grad_clip=1.0)
     batch = Batch(pixels, None, cache)
     target = cache.argmax(dim=1)
 

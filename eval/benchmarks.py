@@ -44,7 +44,7 @@ def resolve(suite: str | None = None, dataset: str | None = None, home=None,
     """The benchmarks named by exactly one of ``suite`` or ``dataset`` (DESIGN.md section 8)."""
     if (suite is None) == (dataset is None):
         raise UserError("give exactly one of --suite or --dataset")
-    if suite == "embedded" or (dataset or "").startswith("embedded/"):
+    if suite == "embedded" or (dataset or "").startswith("embedded"):  # embedded:TASK gets a suggestion
         register_embedded(home)
     if suite is not None:
         return suite_benchmarks(suite)

@@ -38,8 +38,15 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
     _add_home(parser)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's contract for bad input: one line on stderr, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="robust-w2s", description="Weak-to-strong adversarial robustness for CLIP models.",
         epilog=EPILOG)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -158,13 +165,16 @@ def _run_eval(args) -> int:
         eps = tuple(parse_eps(e) for e in args.eps.split(",")) if args.eps else protocol.eps
     except ValueError as error:
         raise UserError(str(error)) from None
+    if args.pgd_steps is not None and args.pgd_steps < 1:
+        raise UserError(f"--pgd-steps must be >= 1, got {args.pgd_steps}")
     attacks = tuple(args.attack.split(",")) if args.attack else protocol.attacks
     for attack in attacks:
         if attack not in ATTACKS:
             raise unknown_name("attack", attack, ATTACKS)
     n_samples = args.n_samples if args.n_samples is not None else protocol.n_samples
     settings = EvalSettings(attacks=tuple(a for a in ATTACKS if a in attacks), eps=tuple(sorted(eps)),
-                            pgd_steps=args.pgd_steps or protocol.pgd_steps, n_samples=n_samples,
+                            pgd_steps=protocol.pgd_steps if args.pgd_steps is None else args.pgd_steps,
+                            n_samples=n_samples,
                             seed=args.seed, batch_size=args.batch_size)
     records = run_eval(args.model, benchmarks, settings, args.output_dir, home=args.home, device=args.device,
                        protocol=protocol.name)
@@ -206,7 +216,8 @@ def _run_demo(args) -> int:
         from .align import load_config
         load_config(None, args.overrides)  # a bad key or value fails now, not in every job
         settings = dataclasses.replace(settings, overrides=settings.overrides + tuple(args.overrides))
-    workers = args.workers or (1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1))
+    workers = (1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)) if args.workers is None \
+        else args.workers
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     output_dir = args.output_dir or ("runs/demo-quick" if args.quick else "runs/demo")

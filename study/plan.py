@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from robust_w2s import configs
 from robust_w2s.layout import WORLD_MODELS, model_spec
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "embedded"
+CONFIG_DIR = Path(configs.__file__).parent / "embedded"  # configs/embedded/ (package data when installed)
 NATURAL_TEACHER, ROBUST_TEACHER = model_spec("weak"), model_spec("weak-robust")
 
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from robust_w2s.checkpoints import atomic_write_text
+from robust_w2s.errors import UserError
 from robust_w2s.eval.report import plot_eps_curves
 
 from .claims import claims
@@ -256,8 +257,28 @@ def write_report(raw: dict, report_dir: str | Path) -> Path:
     return path
 
 
-if __name__ == "__main__":  # python -m robust_w2s.study.report results.json: rebuild the report next to it
+def main(argv: list[str] | None = None) -> int:
+    """``python -m robust_w2s.study.report FOLDER/results.json``: rebuild the report next to it."""
+    import argparse
     import sys
 
-    source = Path(sys.argv[1])
-    print(write_report(json.loads(source.read_text()), source.parent))
+    parser = argparse.ArgumentParser(prog="python -m robust_w2s.study.report",
+                                     description="Rebuild results.md and the plots from a study's results.json.")
+    parser.add_argument("results", help="a results.json written by `robust-w2s demo`")
+    source = Path(parser.parse_args(argv).results)
+    try:
+        if not source.is_file():
+            raise UserError(f"no such file: {source}")
+        try:
+            raw = json.loads(source.read_text())
+        except ValueError as error:
+            raise UserError(f"{source}: not JSON ({error})") from None
+        print(write_report(raw, source.parent))
+    except UserError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,6 +12,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 
+from robust_w2s.errors import UserError
 from robust_w2s.eval.records import EvalRecord
 
 from .plan import CEILING, NATURAL_TEACHER, WORLD_LABELS
@@ -57,6 +58,9 @@ class Results:
         self.records: list[EvalRecord] = []
         self.index: dict[tuple, EvalRecord] = {}
         self.members = defaultdict(dict)  # kind -> group -> [model ids, seed order]
+        if results["records"] and "result" not in results["records"][0]:
+            raise UserError("results.json written before robust-w2s kept whole eval records (issue 9): "
+                            "rerun `robust-w2s demo` with the same --output-dir; finished jobs are reused")
         for entry in results["records"]:
             record = EvalRecord.from_dict(entry["result"])
             self.records.append(record)
@@ -74,7 +78,7 @@ class Results:
     def has(self, group: str, kind: str = "main") -> bool:
         return bool(self.members[kind].get(group))
 
-    def value(self, model: str, kind: str, metric: str, tasks: list[str], eps: float | None = None) -> float:
+    def value(self, model: str, kind: str, metric: str, tasks: list[str], *, eps: float | None = None) -> float:
         """Mean over ``tasks`` of one model's metric: "clean", an attack's robust accuracy, or "worst"."""
         eps = self.world["epsilon"] if eps is None else eps
         attack = "autoattack" if metric == "autoattack" else "pgd"
@@ -82,10 +86,10 @@ class Results:
         field = {"clean": "clean_acc", "worst": "worst_case_acc"}.get(metric, "robust_acc")
         return statistics.fmean(getattr(row, field) for row in rows)
 
-    def stat(self, group: str, metric: str, scope: str | list[str], kind: str = "main",
+    def stat(self, group: str, metric: str, scope: str | list[str], *, kind: str = "main",
              eps: float | None = None) -> Stat:
         tasks = self.scopes[scope] if isinstance(scope, str) else scope
-        return Stat(tuple(self.value(m, kind, metric, tasks, eps) for m in self.members[kind][group]))
+        return Stat(tuple(self.value(m, kind, metric, tasks, eps=eps) for m in self.members[kind][group]))
 
     def per_seed(self, group: str, metric: str, scope: str) -> list[float]:
         return list(self.stat(group, metric, scope).values)

@@ -47,7 +47,8 @@ class TrainJob:
         from robust_w2s.align import load_config, train_or_resume
 
         # A killed run continues where it stopped; a stale one (another config) starts over.
-        train_or_resume(load_config(self.config, list(self.overrides)), self.folder, home=home)
+        train_or_resume(load_config(self.config, list(self.overrides)), self.folder, home=home,
+                        depends_on=self.upstream)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def plan_jobs(settings: StudySettings, work: Path, world: dict) -> list[Job]:
             trained[model] = job
             jobs.append(job)
 
-    def evaluation(model, kind, attacks, eps_values, n_samples, tasks=()):
+    def evaluation(model, kind, *, attacks, eps_values, n_samples, tasks=()):
         source = trained.get(model.id)
         suffix = f"/{tasks[0]}" if tasks else ""
         return EvalJob(key=f"{kind} {model.id}{suffix}", model=model.id,
@@ -128,14 +129,14 @@ def plan_jobs(settings: StudySettings, work: Path, world: dict) -> list[Job]:
 
     autoattack_seeds = set(settings.seeds[:settings.autoattack_seeds])
     for model in study_models(settings):
-        jobs.append(evaluation(model, "main", ("pgd",), (eps,), settings.n_eval))
+        jobs.append(evaluation(model, "main", attacks=("pgd",), eps_values=(eps,), n_samples=settings.n_eval))
         if model.group in TABLE_B and (model.seed is None or model.seed in autoattack_seeds):
             # One job per task: standard AutoAttack is the study's longest work; finer jobs balance the pool.
             tasks = world["tasks"] if settings.autoattack_all_tasks else [world["alignment_task"]]
-            jobs += [evaluation(model, "autoattack", ("pgd", "autoattack"), (eps,), settings.n_autoattack, (task,))
-                     for task in tasks]
+            jobs += [evaluation(model, "autoattack", attacks=("pgd", "autoattack"), eps_values=(eps,),
+                                n_samples=settings.n_autoattack, tasks=(task,)) for task in tasks]
         if model.group in CURVE_MODELS:
-            jobs.append(evaluation(model, "curve", ("pgd",), curve_eps, settings.n_curve))
+            jobs.append(evaluation(model, "curve", attacks=("pgd",), eps_values=curve_eps, n_samples=settings.n_curve))
     return jobs
 
 
@@ -270,7 +271,7 @@ def run_study(settings: StudySettings, output_dir: str | Path, *, home=None, wor
     started = time.time()
     if not all(run.config_path.is_file() for run in RUNS):
         raise UserError(f"the study's configs are missing under {RUNS[0].config_path.parent}: "
-                        "run it from a source checkout (pip install -e .)")
+                        "reinstall robust-w2s")
     output_dir = Path(output_dir)
     world = build_world(home, world_config)
     jobs = plan_jobs(settings, output_dir / "work", world)

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError, unknown_name
+from ..layout import model_spec
 from .methods import MethodSettings
 
 
@@ -71,8 +72,8 @@ class CheckSettings:
 @dataclass
 class AlignConfig:
     method: MethodSettings = field(default_factory=MethodSettings)  # objective and its switches
-    teacher: str = "embedded:weak-robust"  # frozen weak teacher: a model spec (DESIGN.md section 8)
-    student: str = "embedded:strong"       # strong student: its image tower trains
+    teacher: str = model_spec("weak-robust")  # frozen weak teacher: a model spec (DESIGN.md section 8)
+    student: str = model_spec("strong")       # strong student: its image tower trains
     data: DataSettings = field(default_factory=DataSettings)
     attack: AttackSettings = field(default_factory=AttackSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as torch_dist
 from tqdm.auto import tqdm
 
+from ..checkpoints import atomic_write_text
 from ..errors import UserError
 from ..layout import read_world
 from .check import ZeroShotCheck
@@ -23,6 +24,8 @@ from .inputs import Batch, Models, StepInputs
 from .methods import Method, Plan
 from .setup import Optimization, batches, prepare, setup_distributed
 from .state import RunLog, can_resume, restore, save_run
+
+DEPENDS_ON_FILE = "depends_on"  # train_or_resume: what the run was made for, beyond its config
 
 
 def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume: bool = False) -> Path:
@@ -90,13 +93,21 @@ def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume:
     return output_dir / "checkpoint"
 
 
-def train_or_resume(config: AlignConfig, output_dir: str | os.PathLike, home=None) -> Path:
+def train_or_resume(config: AlignConfig, output_dir: str | os.PathLike, home=None, *, depends_on: str = "") -> Path:
     """:func:`train`, continuing from ``DIR/state/`` when a run of the same config was killed there
-    (a finished one returns at once); a leftover run of another config is replaced."""
+    (a finished one returns at once); a leftover run of another config is replaced.
+
+    ``depends_on`` names what the config does not (e.g. the fingerprint of the world whose models
+    and data its specs point to): a run made for another value is replaced, never resumed.
+    """
     output_dir = Path(output_dir)
-    resumable = can_resume(output_dir / "state", config)
-    if not resumable and output_dir.exists():
-        shutil.rmtree(output_dir)
+    marker = output_dir / DEPENDS_ON_FILE
+    resumable = (can_resume(output_dir / "state", config) and marker.is_file()
+                 and marker.read_text() == depends_on)
+    if not resumable:
+        shutil.rmtree(output_dir, ignore_errors=True)
+        output_dir.mkdir(parents=True)
+        atomic_write_text(marker, depends_on)
     return train(config, output_dir, home=home, resume=resumable)
 
 

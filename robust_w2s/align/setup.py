@@ -204,7 +204,7 @@ TEACHER_INPUTS = {"teacher_probs", "teacher_entropy_median", "refined_teacher_pr
 FROZEN_INPUTS = {"frozen_logits", "frozen_adv_logits", "frozen_features"}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Optimization:
     """What an optimizer step updates: the open_clip student (its image tower), AdamW, the schedule."""
     model: nn.Module                     # the open_clip student model
@@ -219,7 +219,7 @@ class Optimization:
         return self.ema.module if self.ema is not None else self.model
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Session:
     """Everything :func:`robust_w2s.align.loop.train` runs, built by :func:`prepare`."""
     view: PixelView                          # the alignment images (labels only if declared)
@@ -271,5 +271,6 @@ def prepare(config: AlignConfig, plan: Plan, dist: Dist, *, world: dict | None, 
         entropy_median=median_entropy(cache).to(dist.device) if cache is not None else None,
         attack=attack_keywords, refine=refine_keywords,
         attack_rng=generators["attack"], refine_rng=generators["refine"])
-    optimization = Optimization(model, optimizer, scheduler, ema, config.optim.grad_clip)
-    return Session(view, tokenizer, models, optimization, generators)
+    optimization = Optimization(model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
+                                grad_clip=config.optim.grad_clip)
+    return Session(view=view, tokenizer=tokenizer, models=models, optimization=optimization, generators=generators)

@@ -99,7 +99,7 @@ def _build_models(home: Path, config: WorldConfig) -> None:
     fingerprint = config.fingerprint("seed", "image_size", "weak", "alignment_size", "robust")
     if _checkpoint_fingerprint(model_dir("weak-robust", home)) != fingerprint:
         alignment = robust_teacher_config(config.robust, config.seed)
-        trained = train_or_resume(alignment, training_dir("weak-robust", home), home=home)
+        trained = train_or_resume(alignment, training_dir("weak-robust", home), home=home, depends_on=fingerprint)
         model = load_checkpoint(trained)[0]
         extra = read_checkpoint_config(trained)["robust_w2s"]  # the alignment run's method, steps, config
         save_checkpoint(model, model_dir("weak-robust", home),

@@ -30,12 +30,15 @@ def test_kill_after_step_3_and_resume_equals_an_uninterrupted_run(world_home, ti
 
     monkeypatch.setattr(state, "save_state", save_then_die)
     with pytest.raises(Killed):
-        train(config, tmp_path / "killed", home=world_home)
+        if route == "--resume":
+            train(config, tmp_path / "killed", home=world_home)
+        else:
+            train_or_resume(config, tmp_path / "killed", home=world_home, depends_on="world A")
     monkeypatch.setattr(state, "save_state", real_save_state)
     if route == "--resume":
         resumed = train(config, tmp_path / "killed", home=world_home, resume=True)
     else:  # what the study and the world build call: it finds the state and continues
-        resumed = train_or_resume(config, tmp_path / "killed", home=world_home)
+        resumed = train_or_resume(config, tmp_path / "killed", home=world_home, depends_on="world A")
 
     a, b = load_file(whole / WEIGHTS_FILE), load_file(resumed / WEIGHTS_FILE)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -44,6 +47,9 @@ def test_kill_after_step_3_and_resume_equals_an_uninterrupted_run(world_home, ti
     steps = [json.loads(line).get("step") for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
              if "loss" in line]
     assert steps == [1, 2, 3, 4, 5, 6]  # log lines of the lost steps are not duplicated
+    starts = [json.loads(line)["step"] for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
+              if '"event": "start"' in line]
+    assert starts == [0, 3]  # it did resume at step 3 (a restart would log one start, at 0)
     # the checkpoint is a folder plain open_clip loads
     model = open_clip.create_model(f"local-dir:{resumed}")
     assert model.visual is not None
@@ -56,10 +62,17 @@ def test_resume_refuses_a_changed_config(world_home, tiny_config, tmp_path):
         train(tiny_config("train.steps=3", "optim.lr=5e-4"), tmp_path / "run", home=world_home, resume=True)
 
 
-def test_train_or_resume_replaces_a_run_of_another_config(world_home, tiny_config, tmp_path):
-    train(tiny_config("train.steps=3"), tmp_path / "run", home=world_home)
-    train_or_resume(tiny_config("train.steps=3", "optim.lr=5e-4"), tmp_path / "run", home=world_home)
-    saved = json.loads((tmp_path / "run" / "state" / "config.json").read_text())
-    assert saved["optim"]["lr"] == 5e-4
-    lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3]  # one fresh run, not two
+def test_train_or_resume_replaces_a_run_of_another_config_or_another_world(world_home, tiny_config, tmp_path):
+    def log():  # (steps trained, steps at which a start was logged: a resume logs its own)
+        lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+        return [x["step"] for x in lines if "loss" in x], [x["step"] for x in lines if x.get("event") == "start"]
+
+    train_or_resume(tiny_config("train.steps=3"), tmp_path / "run", home=world_home, depends_on="world A")
+    train_or_resume(tiny_config("train.steps=3"), tmp_path / "run", home=world_home, depends_on="world A")
+    assert log() == ([1, 2, 3], [0, 3])  # finished, same config and world: resumed at its end, nothing rerun
+    train_or_resume(tiny_config("train.steps=3"), tmp_path / "run", home=world_home, depends_on="world B")
+    assert log() == ([1, 2, 3], [0])  # made for another world: replaced by a fresh run
+    train_or_resume(tiny_config("train.steps=3", "optim.lr=5e-4"), tmp_path / "run", home=world_home,
+                    depends_on="world B")
+    assert log() == ([1, 2, 3], [0])  # another config: replaced too
+    assert json.loads((tmp_path / "run" / "state" / "config.json").read_text())["optim"]["lr"] == 5e-4
