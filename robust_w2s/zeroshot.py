@@ -10,7 +10,6 @@ from typing import Sequence
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attacks import eval_mode

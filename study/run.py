@@ -13,7 +13,6 @@ import json
 import multiprocessing
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass

@@ -20,7 +20,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from .scenes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, STYLES, Scene, caption, render
+from .scenes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, caption, render
 
 SHAPE_TEMPLATES = ("a {}.", "a picture of a {}.", "an image of a {}.", "a photo of a {}.")
 COLOUR_TEMPLATES = ("a {} shape.", "a picture of a {} shape.", "an image of a {} shape.")

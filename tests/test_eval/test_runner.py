@@ -1,4 +1,3 @@
-import json
 
 import datasets
 import numpy as np
