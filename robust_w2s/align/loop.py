@@ -98,7 +98,8 @@ def train_or_resume(config: AlignConfig, output_dir: str | os.PathLike, home=Non
     (a finished one returns at once); a leftover run of another config is replaced.
 
     ``depends_on`` names what the config does not (e.g. the fingerprint of the world whose models
-    and data its specs point to): a run made for another value is replaced, never resumed.
+    and data its specs point to): a run made for another value is replaced, never resumed. For
+    single-process callers (the study's jobs, the world build); under torchrun use ``--resume``.
     """
     output_dir = Path(output_dir)
     marker = output_dir / DEPENDS_ON_FILE
