@@ -45,7 +45,7 @@ class TrainJob:
     def run(self, home) -> None:
         from robust_w2s.align import load_config, train_or_resume
 
-        # A killed run continues where it stopped; a stale one (another config) starts over.
+        # A killed run continues where it stopped; one of another config or world starts over.
         train_or_resume(load_config(self.config, list(self.overrides)), self.folder, home=home,
                         depends_on=self.upstream)
 

@@ -226,7 +226,11 @@ class Session:
     tokenizer: object                        # the student's tokenizer (for the zero-shot check)
     models: Models                           # what the method's inputs are computed from
     optimization: Optimization
-    generators: dict[str, torch.Generator]   # attack and refinement starts: saved with the state
+
+    @property
+    def generators(self) -> dict[str, torch.Generator]:
+        """The attack's and the refinement's random starts, by the names the saved state uses."""
+        return {"attack": self.models.attack_rng, "refine": self.models.refine_rng}
 
 
 def prepare(config: AlignConfig, plan: Plan, dist: Dist, *, world: dict | None, home) -> Session:
@@ -264,13 +268,12 @@ def prepare(config: AlignConfig, plan: Plan, dist: Dist, *, world: dict | None, 
 
     # Attack starts are drawn on the training device: a CPU draw of a ViT-L batch costs ~0.1 s.
     seed = config.train.seed * 1000 + 2 * dist.rank
-    generators = {"attack": torch.Generator(dist.device).manual_seed(seed + 1),
-                  "refine": torch.Generator(dist.device).manual_seed(seed + 2)}
     models = Models(
         student=student, student_plain=heads, frozen=frozen, teacher=teacher, teacher_cache=cache,
         entropy_median=median_entropy(cache).to(dist.device) if cache is not None else None,
         attack=attack_keywords, refine=refine_keywords,
-        attack_rng=generators["attack"], refine_rng=generators["refine"])
+        attack_rng=torch.Generator(dist.device).manual_seed(seed + 1),
+        refine_rng=torch.Generator(dist.device).manual_seed(seed + 2))
     optimization = Optimization(model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
                                 grad_clip=config.optim.grad_clip)
-    return Session(view=view, tokenizer=tokenizer, models=models, optimization=optimization, generators=generators)
+    return Session(view=view, tokenizer=tokenizer, models=models, optimization=optimization)

@@ -58,15 +58,16 @@ def save_state(folder: Path, *, model, ema, optimizer, scheduler, step: int, dat
         (staging / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def _changed_settings(folder: Path, config: dict) -> list[str]:
+def _changed_settings(saved: dict, config: dict) -> list[str]:
     """Settings of the saved run that differ from ``config`` and would change its trajectory."""
-    saved = json.loads((folder / "config.json").read_text())
     return [key for key in _diff(saved, config) if not key.startswith(RESUMABLE_CHANGES)]
 
 
 def can_resume(folder: Path, config: AlignConfig) -> bool:
     """Whether ``folder`` (a run's state/) holds a state that ``config`` may continue."""
-    return (folder / "train_state.pt").is_file() and not _changed_settings(folder, to_dict(config))
+    if not (folder / "train_state.pt").is_file():
+        return False
+    return not _changed_settings(json.loads((folder / "config.json").read_text()), to_dict(config))
 
 
 def load_state(folder: Path, config: dict) -> dict:
@@ -74,7 +75,7 @@ def load_state(folder: Path, config: dict) -> dict:
     if not (folder / "train_state.pt").is_file():
         raise UserError(f"--resume: no training state in {folder} (start without --resume)")
     saved = json.loads((folder / "config.json").read_text())
-    changed = _changed_settings(folder, config)
+    changed = _changed_settings(saved, config)
     if changed:
         raise UserError(f"--resume with a different config: {changed[0]} was "
                         f"{_lookup(saved, changed[0])!r}, now {_lookup(config, changed[0])!r}")
