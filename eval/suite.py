@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from robust_w2s.layout import text_head_cache
 from robust_w2s.models import eval_transform, load_model
 from robust_w2s.zeroshot import ZeroShotClassifier
 
@@ -29,7 +30,8 @@ def run_eval(model_spec: str, benchmarks: list[Benchmark], settings: EvalSetting
     for benchmark in tqdm(benchmarks, desc=f"eval {model_spec}", unit="dataset"):
         started = time.time()
         dataset = load_subset(benchmark, home, settings.n_samples, settings.seed)
-        classifier = ZeroShotClassifier(model, tokenizer, benchmark.classnames, benchmark.templates).to(device)
+        classifier = ZeroShotClassifier(model, tokenizer, benchmark.classnames, benchmark.templates,
+                                        head_cache=text_head_cache(home)).to(device)
         result = evaluate_benchmark(classifier, dataset, benchmark, transform=transform, settings=settings,
                                     device=device)
         for row in result["rows"]:

@@ -7,6 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from robust_w2s.data import iterate_batches, load_image_dataset, require_columns
+from robust_w2s.layout import text_head_cache
 from robust_w2s.models import eval_transform, load_model
 from robust_w2s.zeroshot import ZeroShotClassifier, accuracy
 
@@ -37,7 +38,8 @@ def zero_shot_report(model_spec: str, benchmarks: list[Benchmark], *, home=None,
     tasks = {}
     for benchmark in tqdm(benchmarks, desc=f"zero-shot {model_spec}", unit="task"):
         dataset = load_subset(benchmark, home, n_samples, seed)
-        classifier = ZeroShotClassifier(model, tokenizer, benchmark.classnames, benchmark.templates)
+        classifier = ZeroShotClassifier(model, tokenizer, benchmark.classnames, benchmark.templates,
+                                        head_cache=text_head_cache(home))
         batches = iterate_batches(dataset, transform, batch_size, image_column=benchmark.image_column,
                                   label_column=benchmark.label_column)
         clean_acc, n = accuracy(classifier, batches)

@@ -65,13 +65,19 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_cfg: dict |
     """Write ``model`` as a checkpoint folder at ``path``, replacing any folder there atomically.
 
     ``model_cfg`` defaults to the config the model was created from (``model.rw2s_model_cfg``,
-    set by :func:`robust_w2s.load_model`). ``extra`` is stored beside it in the config JSON
-    (e.g. how the model was trained). Returns the folder path.
+    set by :func:`robust_w2s.load_model`, QuickGELU flag included); the preprocessing is the
+    model's own (its tag's mean, std, resize mode and interpolation), so plain open_clip's
+    ``local-dir:`` builds the same network. ``extra`` is stored beside it in the config JSON under
+    ``robust_w2s`` (e.g. how the model was trained), with the model's ``lineage`` (the pretrained
+    tag its weights descend from) if it has one. Returns the folder path.
     """
     path = Path(path)
     model_cfg = model_cfg or getattr(model, "rw2s_model_cfg", None)
     if model_cfg is None:
         raise ValueError("save_checkpoint needs the model's open_clip config (model_cfg=...)")
+    lineage = getattr(model, "rw2s_lineage", None)
+    if lineage:
+        extra = {"lineage": lineage, **(extra or {})}
     with atomic_folder(path) as staging:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, staging / WEIGHTS_FILE)
@@ -105,14 +111,27 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
         state = load_file(path)
     except Exception as error:  # safetensors raises several types for truncated/corrupt files
         raise UserError(f"{path}: unreadable safetensors file ({error})") from None
-    expected = model.state_dict()
+    check_state_dict(model, state, source=str(path))
+    with torch.no_grad():
+        model.load_state_dict(state)
+
+
+def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise a one-line UserError unless ``state`` has exactly ``module``'s keys and shapes.
+
+    The message counts missing, unexpected and mis-shaped tensors and names the first, with both
+    shapes when mis-shaped (e.g. weights of ViT-L-14 loaded as ViT-B-32).
+    """
+    expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or mismatched:
-        first = (missing or unexpected or mismatched)[0]
-        raise UserError(f"{path} does not match the model's architecture: {len(missing)} missing, "
-                        f"{len(unexpected)} unexpected, {len(mismatched)} mis-shaped tensors "
-                        f"(first: {first})")
-    with torch.no_grad():
-        model.load_state_dict(state)
+    if not (missing or unexpected or mismatched):
+        return
+    if mismatched:
+        key = mismatched[0]
+        first = f"{key}: {tuple(state[key].shape)} in the file, {tuple(expected[key].shape)} in the model"
+    else:
+        first = f"{(missing or unexpected)[0]} {'missing' if missing else 'unexpected'}"
+    raise UserError(f"{source} does not match the model's architecture: {len(missing)} missing, "
+                    f"{len(unexpected)} unexpected, {len(mismatched)} mis-shaped tensors (first: {first})")

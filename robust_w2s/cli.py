@@ -16,7 +16,18 @@ from pathlib import Path
 
 from .errors import UserError, unknown_name
 
-EPILOG = "Models: embedded:weak|weak-robust|strong, local-dir:PATH, ViT-B-32@openai, ViT-L-14@/path/w.safetensors"
+EPILOG = """model specs:
+  embedded:weak|weak-robust|strong  the embedded world's CLIPs
+  local-dir:PATH (or PATH)          a checkpoint folder (ours, or open_clip's local-dir layout)
+  hf-hub:ORG/NAME                   an open_clip model on the Hugging Face hub, e.g. hf-hub:chs20/fare2-clip
+  NAME                              an open_clip architecture, random init (e.g. ViT-B-32)
+  NAME@TAG                          with a pretrained tag's weights, activation and preprocessing
+                                    (e.g. ViT-B-32@openai: QuickGELU, OpenAI mean/std)
+  NAME@TAG:FILE                     a weight file fine-tuned from TAG: built as TAG's network (e.g.
+                                    ViT-L-14@openai:fare_eps_4.pt); image-tower-only files (FARE,
+                                    TeCoA/PMG-AFT/TGA-ZSR .pth.tar) take the text tower from TAG
+  NAME@FILE                         a weight file with no lineage: built as open_clip's NAME
+weight files: .safetensors, or torch files that load with weights_only=True"""
 
 
 def _add_home(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +59,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="robust-w2s", description="Weak-to-strong adversarial robustness for CLIP models.",
-        epilog=EPILOG)
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     pretrain = commands.add_parser(
@@ -61,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     zeroshot = commands.add_parser(
         "zeroshot", help="clean zero-shot accuracy of a model on a suite or dataset",
-        description="Clean zero-shot top-1 accuracy; prints a table and writes JSON.", epilog=EPILOG)
+        description="Clean zero-shot top-1 accuracy; prints a table and writes JSON.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_target(zeroshot)
     zeroshot.add_argument("--output", help="JSON file to write (default: print only)")
     zeroshot.set_defaults(run=_run_zeroshot)
@@ -72,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "robust accuracy per attack and epsilon, and the per-sample worst case. Soundness "
                     "audits run with every evaluation; a failed audit exits 1 unless --allow-unsound. "
                     "Writes one JSON per (model, dataset, attack, eps) plus report.md, results.csv and "
-                    "robust_vs_eps.png in --output-dir.", epilog=EPILOG)
+                    "robust_vs_eps.png in --output-dir.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_target(evaluate)
     evaluate.add_argument("--attack", help="comma list of pgd, apgd (APGD-CE + APGD-T), autoattack "
                                            "(standard AA); default: the protocol's")
@@ -84,6 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     evaluate.add_argument("--allow-unsound", action="store_true", help="exit 0 even if an audit fails")
     evaluate.set_defaults(run=_run_eval, batch_size=128)
+
+    convert = commands.add_parser(
+        "convert", help="write a checkpoint folder from any model spec (e.g. a published robust CLIP)",
+        description="Load a model spec (typically NAME@TAG:FILE, a published FARE/TeCoA/PMG-AFT/TGA-ZSR "
+                    "checkpoint with the pretrained tag it was fine-tuned from) and write it as a "
+                    "checkpoint folder that robust-w2s and plain open_clip (local-dir:) load as the same "
+                    "network: weights as safetensors, the architecture with its activation, the "
+                    "preprocessing, and the lineage.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    convert.add_argument("--model", required=True, help="model spec to convert (see below)")
+    convert.add_argument("--output-dir", required=True, help="checkpoint folder to write (replaced atomically)")
+    _add_home(convert)
+    convert.set_defaults(run=_run_convert)
 
     align = commands.add_parser(
         "align", help="align a strong CLIP with a weak teacher (adv-w2s) or a baseline method",
@@ -189,6 +215,21 @@ def _run_eval(args) -> int:
     return 0
 
 
+def _run_convert(args) -> int:
+    from .checkpoints import save_checkpoint
+    from .models import load_model
+
+    model, _, _ = load_model(args.model, home=args.home)
+    extra = {"converted_from": args.model}
+    if getattr(model, "rw2s_weights_layout", None):
+        extra["weights_layout"] = model.rw2s_weights_layout
+    folder = save_checkpoint(model, args.output_dir, extra=extra)
+    print(f"checkpoint: {folder} ({extra.get('weights_layout', 'open_clip weights')}; lineage: "
+          f"{getattr(model, 'rw2s_lineage', None) or 'none'}; quick_gelu: "
+          f"{bool(model.rw2s_model_cfg.get('quick_gelu'))})")
+    return 0
+
+
 def _run_align(args) -> int:
     from .align import load_config, train
 
@@ -228,7 +269,8 @@ def _run_demo(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.ERROR)  # open_clip warns on every random-init model
+    logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")  # open_clip warns on every random-init model
+    logging.getLogger("robust_w2s").setLevel(logging.WARNING)  # ours are meant to be read
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

@@ -5,6 +5,7 @@
     HOME/world/data/SPLIT/    save_to_disk folders: each task's test split and the alignment split
     HOME/world/MODEL/         checkpoint folders, one per name in WORLD_MODELS
     HOME/world/runs/MODEL/    the alignment run that trained a world model (weak-robust), resumable
+    HOME/cache/text_heads/    zero-shot text heads, keyed by text tower, class names and templates
 
 Model specs ``embedded:MODEL`` and dataset specs ``embedded:SPLIT`` resolve through this module.
 """
@@ -36,6 +37,11 @@ def resolve_home(home: Home = None) -> Path:
 
 def world_dir(home: Home = None) -> Path:
     return resolve_home(home) / "world"
+
+
+def text_head_cache(home: Home = None) -> Path:
+    """Where evaluations cache zero-shot text heads (:func:`robust_w2s.zeroshot.build_text_head`)."""
+    return resolve_home(home) / "cache" / "text_heads"
 
 
 def model_spec(name: str) -> str:

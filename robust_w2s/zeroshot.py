@@ -6,10 +6,15 @@ therefore work in pixel space and never see normalization or text.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
 from typing import Sequence
 
 import open_clip
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .attacks import eval_mode
@@ -28,6 +33,7 @@ class ZeroShotClassifier(nn.Module):
         tokenizer: the model's tokenizer.
         classnames: K class names; templates: format strings with one ``{}``.
         text_head: optional precomputed [D, K] head (e.g. from another model's text tower).
+        head_cache: optional folder where the text head is cached (see :func:`build_text_head`).
     Input: float [B, 3, H, W] in [0, 1] at the model's image size. Output: float [B, K].
 
     Example:
@@ -37,7 +43,8 @@ class ZeroShotClassifier(nn.Module):
     """
 
     def __init__(self, model: nn.Module, tokenizer, classnames: Sequence[str] = (),
-                 templates: Sequence[str] = (), *, text_head: torch.Tensor | None = None):
+                 templates: Sequence[str] = (), *, text_head: torch.Tensor | None = None,
+                 head_cache: str | os.PathLike | None = None):
         super().__init__()
         self.model = model
         cfg = preprocess_cfg(model)
@@ -45,7 +52,7 @@ class ZeroShotClassifier(nn.Module):
         self.register_buffer("mean", torch.tensor(cfg["mean"], device=device).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg["std"], device=device).view(1, -1, 1, 1), persistent=False)
         if text_head is None:
-            text_head = build_text_head(model, tokenizer, classnames, templates)
+            text_head = build_text_head(model, tokenizer, classnames, templates, cache_dir=head_cache)
         self.register_buffer("text_head", text_head, persistent=False)
 
     def image_features(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -57,16 +64,55 @@ class ZeroShotClassifier(nn.Module):
         return self.model.logit_scale.exp() * features @ self.text_head.to(features.dtype)
 
 
+TEXTS_PER_BATCH = 1024  # the text tower's batch: bounds the head's memory whatever K x templates
+
+
 @torch.no_grad()
-def build_text_head(model: nn.Module, tokenizer, classnames: Sequence[str],
-                    templates: Sequence[str]) -> torch.Tensor:
-    """W = normalize(mean_t normalize(encode_text(t(c)))) as a [D, K] matrix (open_clip's own)."""
+def build_text_head(model: nn.Module, tokenizer, classnames: Sequence[str], templates: Sequence[str], *,
+                    cache_dir: str | os.PathLike | None = None, progress: bool = False) -> torch.Tensor:
+    """W = normalize(mean_t normalize(encode_text(t(c)))) as a [D, K] float32 matrix.
+
+    open_clip's ``build_zero_shot_classifier``, run over chunks of classes so that at most
+    ``TEXTS_PER_BATCH`` prompts pass the text tower at once: memory does not grow with K x templates
+    (ImageNet's 1000 x 80 on a ViT-L-14 otherwise asks for ~53 GiB). With ``cache_dir``, the head is
+    stored there as safetensors keyed by (text tower weights, tokenizer, class names, templates)
+    and reused by any later call with the same key, on any device.
+
+    Raises:
+        ValueError: no class names or no templates.
+    """
     if not classnames or not templates:
         raise ValueError("a zero-shot head needs at least one class name and one template")
+    device = next(model.parameters()).device
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"{_head_key(model, tokenizer, classnames, templates)}.safetensors"
+        if cache_file.is_file():
+            return load_file(cache_file)["text_head"].to(device)
     with eval_mode(model):
-        return open_clip.build_zero_shot_classifier(model, tokenizer, list(classnames), list(templates),
-                                                    num_classes_per_batch=None,
-                                                    device=next(model.parameters()).device)
+        head = open_clip.build_zero_shot_classifier(
+            model, tokenizer, list(classnames), list(templates), device=device, use_tqdm=progress,
+            num_classes_per_batch=max(1, TEXTS_PER_BATCH // len(templates))).float()
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        staging = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.partial")
+        save_file({"text_head": head.cpu().contiguous()}, staging)
+        os.replace(staging, cache_file)  # concurrent evaluations never read a half-written head
+    return head
+
+
+def _head_key(model: nn.Module, tokenizer, classnames: Sequence[str], templates: Sequence[str]) -> str:
+    """sha256 of everything the head depends on: the text tower's tensors (every weight outside the
+    image tower, in order), the tokenizer's type and context length, class names and templates."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        if not name.startswith("visual."):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    tokenizer_id = [type(tokenizer).__name__, getattr(tokenizer, "context_length", None),
+                    getattr(getattr(tokenizer, "tokenizer", None), "name_or_path", None)]
+    digest.update(json.dumps([tokenizer_id, list(classnames), list(templates)]).encode())
+    return digest.hexdigest()[:32]
 
 
 def accuracy(classifier: nn.Module, batches, attack=None) -> tuple[float, int]:
