@@ -15,3 +15,4 @@ export PYTHONPATH=/tmp/site
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 bench/attack_overhead.py --batch 32 --steps 10 --repeats 5 2>&1 | tee ${OUT:-/tmp}/attack_overhead.log
 python3 bench/align_step.py --device cuda --batch 64 --repeats 5 2>&1 | tee ${OUT:-/tmp}/align_step.log
+python3 bench/zeroshot_head.py --device cuda --model ViT-L-14 2>&1 | tee ${OUT:-/tmp}/zeroshot_head.log

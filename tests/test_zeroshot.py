@@ -56,3 +56,40 @@ def test_text_head_is_unit_norm_mean_of_template_embeddings(tiny_model):
 def test_empty_class_list_is_rejected(tiny_model):
     with pytest.raises(ValueError):
         build_text_head(*tiny_model, [], TEMPLATES)
+
+
+def test_chunked_head_equals_the_one_pass_head(tiny_model, monkeypatch):
+    """With two prompts per text-tower batch, every class is encoded in its own chunk (and a chunk
+    boundary falls inside nothing): the head must equal one pass over all K x templates prompts."""
+    model, tokenizer = tiny_model
+    classes = [f"shape number {i}" for i in range(7)]
+    texts_seen = []
+    encode = model.encode_text
+    model.encode_text = lambda tokens, normalize=False: texts_seen.append(len(tokens)) or encode(tokens, normalize)
+    monkeypatch.setattr("robust_w2s.zeroshot.TEXTS_PER_BATCH", 2)
+    chunked = build_text_head(model, tokenizer, classes, TEMPLATES)
+    assert max(texts_seen) == 2 and sum(texts_seen) == 7 * len(TEMPLATES)
+    with torch.no_grad():
+        embeddings = encode(tokenizer([t.format(c) for c in classes for t in TEMPLATES]), True)
+    mean = embeddings.view(7, len(TEMPLATES), -1).mean(1)
+    assert torch.allclose(chunked, (mean / mean.norm(dim=1, keepdim=True)).T, atol=1e-6)
+
+
+def test_cached_head_is_reused_only_for_the_same_key(tiny_model, tmp_path):
+    model, tokenizer = tiny_model
+    head = build_text_head(model, tokenizer, CLASSES, TEMPLATES, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    encode = model.encode_text
+    model.encode_text = lambda *a, **k: pytest.fail("a cached head must not re-encode")
+    assert torch.equal(build_text_head(model, tokenizer, CLASSES, TEMPLATES, cache_dir=tmp_path), head)
+    model.encode_text = encode
+    reordered = build_text_head(model, tokenizer, CLASSES[::-1], TEMPLATES, cache_dir=tmp_path)
+    assert torch.allclose(reordered, head.flip(1), atol=1e-6)
+    with torch.no_grad():
+        model.token_embedding.weight.mul_(2.0)  # another text tower: another key
+    changed = build_text_head(model, tokenizer, CLASSES, TEMPLATES, cache_dir=tmp_path)
+    assert not torch.allclose(changed, head, atol=1e-3)
+    with torch.no_grad():
+        model.visual.conv1.weight.mul_(2.0)  # the image tower is not part of the key
+    assert torch.equal(build_text_head(model, tokenizer, CLASSES, TEMPLATES, cache_dir=tmp_path), changed)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3
