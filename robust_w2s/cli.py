@@ -49,6 +49,15 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
     _add_home(parser)
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's wrapping for descriptions, but multi-line text (the model-spec table) kept as written."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the CLI's contract for bad input: one line on stderr, exit code 2."""
 
@@ -59,7 +68,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="robust-w2s", description="Weak-to-strong adversarial robustness for CLIP models.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=_Formatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     pretrain = commands.add_parser(
@@ -73,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     zeroshot = commands.add_parser(
         "zeroshot", help="clean zero-shot accuracy of a model on a suite or dataset",
         description="Clean zero-shot top-1 accuracy; prints a table and writes JSON.", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=_Formatter)
     _add_target(zeroshot)
     zeroshot.add_argument("--output", help="JSON file to write (default: print only)")
     zeroshot.set_defaults(run=_run_zeroshot)
@@ -85,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "audits run with every evaluation; a failed audit exits 1 unless --allow-unsound. "
                     "Writes one JSON per (model, dataset, attack, eps) plus report.md, results.csv and "
                     "robust_vs_eps.png in --output-dir.", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=_Formatter)
     _add_target(evaluate)
     evaluate.add_argument("--attack", help="comma list of pgd, apgd (APGD-CE + APGD-T), autoattack "
                                            "(standard AA); default: the protocol's")
@@ -105,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoint folder that robust-w2s and plain open_clip (local-dir:) load as the same "
                     "network: weights as safetensors, the architecture with its activation, the "
                     "preprocessing, and the lineage.", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=_Formatter)
     convert.add_argument("--model", required=True, help="model spec to convert (see below)")
     convert.add_argument("--output-dir", required=True, help="checkpoint folder to write (replaced atomically)")
     _add_home(convert)

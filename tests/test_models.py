@@ -104,6 +104,16 @@ def test_weight_file_inherits_its_lineage(offline_hub, tmp_path, monkeypatch):
     assert preprocess.transforms[-1].mean == (0.5, 0.5, 0.5)  # the transform users get agrees
 
 
+def test_weight_file_without_lineage_is_built_as_named_and_says_so(offline_hub, tmp_path, caplog):
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in offline_hub.state_dict().items()}, path)
+    with caplog.at_level("WARNING", logger="robust_w2s"):
+        model, _, _ = load_model(f"ViT-B-32@{path}")
+    assert model.rw2s_model_cfg["quick_gelu"] is False and model.rw2s_lineage is None
+    assert _max_difference(model, offline_hub) > 1e-3  # GELU: the user was told how to name the lineage
+    assert f"ViT-B-32@TAG:{path}" in caplog.text and "openai" in caplog.text
+
+
 def test_checkpoint_folder_reloads_as_the_same_network(offline_hub, tmp_path):
     model, _, _ = load_model("ViT-B-32@openai")
     assert main(["convert", "--model", "ViT-B-32@openai", "--output-dir", str(tmp_path / "ckpt")]) == 0
@@ -142,7 +152,7 @@ def _tecoa_payload(visual_state: dict, *, data_parallel: bool) -> dict:
 FORMATS = {
     # RobustVLM (FARE / TeCoA re-implementation): torch.save(model.visual.state_dict())
     "robustvlm_image_tower": lambda m: dict(m.visual.state_dict()),
-    "tecoa_pth_tar": lambda m: _tecoa_payload(dict(m.visual.state_dict()), data_parallel=True),
+    "tecoa_pmg_aft_pth_tar": lambda m: _tecoa_payload(dict(m.visual.state_dict()), data_parallel=True),
     "tga_zsr_pth_tar": lambda m: {**_tecoa_payload(dict(m.visual.state_dict()), data_parallel=False),
                                   "best_acc1": 0.0},
     # A full OpenAI-clip state dict saved from a DataParallel model under "state_dict"
