@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robust_w2s.data import class_names, load_image_dataset
+from robust_w2s.data import image_column_of, infer_label_schema, load_image_dataset, read_hub_file, split_of
 from robust_w2s.errors import UserError
 from robust_w2s.layout import EMBEDDED, Home, read_world
 
@@ -41,19 +41,28 @@ def register_embedded(home: Home = None) -> list[Benchmark]:
 
 def resolve(suite: str | None = None, dataset: str | None = None, home=None,
             classnames_file: str | None = None) -> list[Benchmark]:
-    """The benchmarks named by exactly one of ``suite`` or ``dataset`` (DESIGN.md section 8)."""
+    """The benchmarks named by exactly one of ``suite`` or ``dataset`` (DESIGN.md section 8), with
+    class names read where they live in the hub repository (clip-benchmark's ``classnames.txt``)."""
     if (suite is None) == (dataset is None):
         raise UserError("give exactly one of --suite or --dataset")
     if suite == "embedded" or (dataset or "").startswith("embedded"):  # embedded:TASK gets a suggestion
         register_embedded(home)
     if suite is not None:
-        return suite_benchmarks(suite)
+        return [_with_hub_classnames(b) for b in suite_benchmarks(suite)]
     if dataset.startswith(("hf:", "local:")):
         return [_adhoc_benchmark(dataset, home, classnames_file)]
-    benchmark = get_benchmark(dataset)
+    benchmark = _with_hub_classnames(get_benchmark(dataset))
     if classnames_file:
         benchmark = _benchmark(**{**benchmark.__dict__, "classnames": _read_classnames(classnames_file)})
     return [benchmark]
+
+
+def _with_hub_classnames(benchmark: Benchmark) -> Benchmark:
+    if not benchmark.classnames_file:
+        return benchmark
+    text = read_hub_file(benchmark.source.removeprefix("hf:"), benchmark.classnames_file)
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    return _benchmark(**{**benchmark.__dict__, "classnames": names, "classnames_file": None})
 
 
 def _benchmark(**fields) -> Benchmark:
@@ -76,9 +85,11 @@ def _read_classnames(path: str) -> tuple[str, ...]:
 
 
 def _adhoc_benchmark(spec: str, home, classnames_file: str | None) -> Benchmark:
-    """A dataset given by path or hub id: class names from its ClassLabel unless a file is given."""
-    if classnames_file:
-        names = _read_classnames(classnames_file)
-    else:
-        names = tuple(class_names(load_image_dataset(spec, home=home)))
-    return _benchmark(name=spec, source=spec, split="test", classnames=names, templates=DEFAULT_TEMPLATES)
+    """A dataset given by path or hub id: its label schema and class names from the label column's
+    type (a ClassLabel's names, the distinct strings, or ``--classnames`` for bool and int labels)."""
+    split = split_of(spec)
+    dataset = load_image_dataset(spec, split=split, home=home)
+    given = _read_classnames(classnames_file) if classnames_file else None
+    labels, names = infer_label_schema(dataset, "label", given)
+    return _benchmark(name=spec, source=spec, split=split, classnames=names, templates=DEFAULT_TEMPLATES,
+                      labels=labels, image_column=image_column_of(dataset, None))

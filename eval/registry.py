@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robust_w2s.errors import UnknownNameError, unknown_name
+from robust_w2s.labels import LabelSchema
 
 __all__ = [
     "ATTACKS", "BENCHMARKS", "PROTOCOLS", "SUITES", "Benchmark", "Protocol", "UnknownNameError",
@@ -41,18 +42,25 @@ _METADATA = Path(__file__).with_name("metadata")
 class Benchmark:
     """One zero-shot classification benchmark.
 
-    ``classnames[k]`` is the name of label ``k`` of ``label_column``; ``templates`` are prompts with
-    one ``{}`` for the class name. The text head averages the normalized text embeddings of all
-    templates per class (DESIGN.md section 3).
+    ``classnames[k]`` is the name of class ``k``, the class index ``labels`` maps the label column's
+    values to; ``templates`` are prompts with one ``{}`` for the class name. The text head averages
+    the normalized text embeddings of all templates per class (DESIGN.md section 3). A benchmark
+    whose names live in its hub repository (clip-benchmark's ``classnames.txt``) has
+    ``classnames_file`` set and empty ``classnames`` until :func:`robust_w2s.eval.benchmarks.resolve`
+    reads them.
     """
 
     name: str  # registry key, e.g. "cifar10", "imagenet", "embedded/shape"
-    source: str  # "hf:<hub id>[:<config>]", "local:<path>" or "embedded:<task>"
-    split: str  # the evaluation split, e.g. "test" / "validation"
-    classnames: tuple[str, ...]  # zero-shot class names in label-index order
+    source: str  # "hf:<hub id>", "local:<path>" or "embedded:<task>"
+    split: str | None  # the evaluation split, e.g. "test" / "validation" (None: the dataset's only one)
+    classnames: tuple[str, ...]  # zero-shot class names in class-index order
     templates: tuple[str, ...]  # prompt templates, each with exactly one "{}"
-    image_column: str = "image"  # column holding the (PIL) image
-    label_column: str = "label"  # column holding the label (int / ClassLabel unless noted in the entry)
+    image_column: str | None = "image"  # column holding the image (None: the first Image column)
+    labels: LabelSchema = LabelSchema()  # the label column and how its values become class indices
+    data_files: str | None = None  # hub files of a split, "{split}/*.tar" (None: the repo's own configs)
+    classnames_file: str | None = None  # a file of the hub repo holding the class names, one per line
+    n_classes: int | None = None  # the class count the schema states (checked against the names)
+    variant: str = ""  # where the facts come from / which published variant this is
 
     def __post_init__(self):
         # Accept lists (JSON, YAML) but store tuples, so entries stay hashable and immutable.
@@ -62,14 +70,21 @@ class Benchmark:
         if not self.source.startswith(SOURCE_KINDS):
             raise ValueError(f"benchmark {self.name!r}: source {self.source!r} must start with "
                              f"one of {SOURCE_KINDS}")
-        if not self.classnames or len(set(self.classnames)) != len(self.classnames):
+        if not self.classnames_file and (not self.classnames or len(set(self.classnames)) != len(self.classnames)):
             raise ValueError(f"benchmark {self.name!r}: class names must be non-empty and unique")
+        if self.classnames and self.n_classes is not None and len(self.classnames) != self.n_classes:
+            raise ValueError(f"benchmark {self.name!r}: {len(self.classnames)} class names for "
+                             f"{self.n_classes} classes")
         if not self.templates:
             raise ValueError(f"benchmark {self.name!r}: needs at least one template")
         for t in self.templates:
             rest = t.replace("{}", "", 1)
             if t.count("{}") != 1 or "{" in rest or "}" in rest:  # a stray brace breaks str.format
                 raise ValueError(f"benchmark {self.name!r}: template {t!r} must contain exactly one '{{}}'")
+
+    @property
+    def label_column(self) -> str:
+        return self.labels.column
 
 
 @dataclass(frozen=True)
@@ -127,61 +142,55 @@ _RENAMED = {744: "projectile", 836: "sunglass"}
 _IMAGENET_NAMES = tuple(_RENAMED.get(i, c) for i, c in enumerate(_OPENAI_IMAGENET_NAMES))
 # open_clip stores the 80 OpenAI ImageNet prompts as callables; "{}" round-trips them to strings.
 _IMAGENET_TEMPLATES = tuple(t("{}") for t in _OPEN_CLIP_META.OPENAI_IMAGENET_TEMPLATES)
-# ImageNet-R covers 200 of the 1000 classes; label k of ImageNet-R is ImageNet class _IMAGENET_R[k]
-# (both are ordered by WordNet id). Indices from github.com/hendrycks/imagenet-r.
-_IMAGENET_R = tuple(_load("imagenet_r_indices.json"))
+_TIMM_INFO = Path(importlib.util.find_spec("timm").origin).with_name("data") / "_info"
 
 
-def _meta(name: str, source: str, split: str, image: str = "image", label: str = "label") -> Benchmark:
-    """A benchmark whose class names and templates are stored in eval/metadata/ under `name`."""
-    return Benchmark(name, source, split, _CLASSNAMES[name], _TEMPLATES[name], image, label)
+def _label_ids(reference: str) -> tuple[str, ...]:
+    """String label ids named in a schema: ``timm:FILE`` is timm's ``data/_info/FILE.txt``."""
+    kind, _, name = reference.partition(":")
+    if kind != "timm":
+        raise ValueError(f"unknown label id list {reference!r}")
+    return tuple((_TIMM_INFO / f"{name}.txt").read_text().split())
 
 
-# HF ids were checked against their dataset cards (columns, split names, ClassLabel order) except
-# where marked "# unverified". Note that `datasets` >= 4 no longer runs loading scripts, which rules
-# out several canonical repos (e.g. songweig/imagenet_sketch, nateraw/country211).
-_ENTRIES = (
-    # Gated: accept the ImageNet terms on the Hub first. Labels follow the standard synset order.
-    Benchmark("imagenet", "hf:ILSVRC/imagenet-1k", "validation", _IMAGENET_NAMES, _IMAGENET_TEMPLATES),
-    # Labels are WordNet-id strings, not ints: a loader maps sorted(wnids)[k] -> k (= _IMAGENET_R order).
-    Benchmark("imagenet-r", "hf:axiong/imagenet-r:test", "test",
-              tuple(_IMAGENET_NAMES[i] for i in _IMAGENET_R), _IMAGENET_TEMPLATES, label_column="wnid"),
-    # unverified: webdataset repo (datasets yields image key "webp" and int "cls"); the image key is a guess.
-    Benchmark("imagenet-sketch", "hf:clip-benchmark/wds_imagenet_sketch", "test", _IMAGENET_NAMES,
-              _IMAGENET_TEMPLATES, image_column="webp", label_column="cls"),
-    _meta("cifar10", "hf:uoft-cs/cifar10", "test", image="img"),
-    _meta("cifar100", "hf:uoft-cs/cifar100", "test", image="img", label="fine_label"),
-    _meta("stl10", "hf:tanganke/stl10", "test"),
-    # 102 classes: the 101 categories plus BACKGROUND_Google, in sorted folder order (as CLIP's list).
-    _meta("caltech101", "hf:Donghyun99/Caltech-101", "test"),
-    # unverified: columns and label order (assumed 001.ak47 ... 257.clutter). No CLIP list exists for
-    # Caltech-256: names come from the folder names, templates are CLIP's Caltech101 ones.
-    _meta("caltech256", "hf:ilee0022/Caltech-256", "test"),
-    _meta("oxford-pets", "hf:timm/oxford-iiit-pet", "test"),
-    _meta("flowers102", "hf:dpdl-benchmark/oxford_flowers102", "test"),
-    # unverified: split name; columns (image, int label 0-99 in variants.txt order) checked in the viewer.
-    _meta("fgvc-aircraft", "hf:treeleaves30760/fgvc-aircraft-variants", "test"),
-    _meta("stanford-cars", "hf:tanganke/stanford_cars", "test"),
-    # unverified: the Hub viewer reports 287 ClassLabel names for this repo; check there are 397.
-    _meta("sun397", "hf:tanganke/sun397", "test"),
-    # unverified: webdataset repo, image key assumed "webp"; "cls" follows CLIP's (ISO-code) order.
-    _meta("country211", "hf:clip-benchmark/wds_country211", "test", image="webp", label="cls"),
-    _meta("food101", "hf:ethz/food101", "validation"),
-    _meta("eurosat", "hf:timm/eurosat-rgb", "test"),
-    _meta("dtd", "hf:tanganke/dtd", "test"),
-    # Label is a bool (True = metastatic tissue), i.e. 0/1 in CLIP's class order.
-    _meta("pcam", "hf:1aurent/PatchCamelyon", "test"),
-)
+def _benchmark_from_schema(name: str, schema: dict) -> Benchmark:
+    """A registry entry from its schema in eval/metadata/datasets.json (see that file's _doc)."""
+    label = dict(schema["label"])
+    if isinstance(label.get("ids"), str):
+        label["ids"] = _label_ids(label["ids"])
+    templates = schema.get("templates", name)
+    if schema.get("classnames"):
+        classnames = ()
+    elif name in ("imagenet", "imagenet-sketch"):
+        classnames = _IMAGENET_NAMES
+    elif name == "imagenet-r":  # ImageNet's names of the 200 ImageNet-R classes (sorted WordNet ids)
+        imagenet_ids = _label_ids("timm:imagenet_synsets")
+        classnames = tuple(_IMAGENET_NAMES[imagenet_ids.index(i)] for i in label["ids"])
+    else:
+        classnames = _CLASSNAMES[name]
+    return Benchmark(
+        name, f"hf:{schema['hub']}", schema["split"], classnames,
+        _IMAGENET_TEMPLATES if templates in ("imagenet", "imagenet-r", "imagenet-sketch") else _TEMPLATES[templates],
+        image_column=schema["image"], labels=LabelSchema(**label),
+        data_files="{split}/*.tar" if schema["format"] == "webdataset" else None,
+        classnames_file=schema.get("classnames"), n_classes=schema["n_classes"], variant=schema["source"])
+
+
+SCHEMAS = {name: schema for name, schema in _load("datasets.json").items() if not name.startswith("_")}
+_ENTRIES = tuple(_benchmark_from_schema(name, schema) for name, schema in SCHEMAS.items())
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in _ENTRIES}
 
 SUITES: dict[str, tuple[str, ...]] = {
-    # Adv-W2S's 14 zero-shot datasets (the FARE / RobustVLM evaluation set).
-    "paper14": ("imagenet", "caltech101", "stanford-cars", "cifar10", "cifar100", "dtd", "eurosat",
-                "fgvc-aircraft", "flowers102", "imagenet-r", "imagenet-sketch", "pcam", "oxford-pets",
-                "stl10"),
+    # Adv-W2S's 14 zero-shot datasets, the FARE / RobustVLM evaluation set in its variants: ImageNet
+    # from the hub, the other 13 from clip-benchmark's webdatasets (VTAB splits and class lists for
+    # Caltech101, Pets, Flowers, DTD, EuroSAT, PCAM, CIFAR), as CLIP_benchmark reads them.
+    "paper14": ("imagenet", "cb/caltech101", "cb/stanford-cars", "cb/cifar10", "cb/cifar100", "cb/dtd",
+                "cb/eurosat", "cb/fgvc-aircraft", "cb/flowers102", "cb/imagenet-r", "cb/imagenet-sketch",
+                "cb/pcam", "cb/oxford-pets", "cb/stl10"),
     # TeCoA's ImageNet + 15 zero-shot datasets (Mao et al., ICLR 2023): its evaluation list minus
     # HatefulMemes, as in the 16-dataset list of TTC (CVPR 2025), which is built on TeCoA's code.
+    # TeCoA read torchvision's datasets: these are the hub copies of the same (non-VTAB) splits.
     "tecoa16": ("cifar10", "cifar100", "stl10", "imagenet", "caltech101", "caltech256", "oxford-pets",
                 "flowers102", "fgvc-aircraft", "stanford-cars", "sun397", "country211", "food101", "eurosat",
                 "dtd", "pcam"),

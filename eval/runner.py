@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from robust_w2s.attacks import autoattack, evaluation_pgd
-from robust_w2s.data import iterate_batches
+from robust_w2s.data import BadImages, iterate_batches
 from robust_w2s.zeroshot import ZeroShotClassifier
 
 from . import audits
@@ -49,7 +49,8 @@ def _attack(name: str, classifier, pixels, labels, *, clean_correct, eps: float,
 
 
 def evaluate_benchmark(classifier: ZeroShotClassifier, dataset, benchmark: Benchmark, *, transform,
-                       settings: EvalSettings, device: str = "cpu") -> dict:
+                       settings: EvalSettings, device: str = "cpu", image_column: str | None = None,
+                       bad_images: BadImages | None = None) -> dict:
     """Clean accuracy, robust accuracy per (attack, eps), worst case per eps and the audits."""
     n_classes = len(benchmark.classnames)
     clean, robust = [], defaultdict(list)
@@ -58,8 +59,9 @@ def evaluate_benchmark(classifier: ZeroShotClassifier, dataset, benchmark: Bench
     generators = {key: torch.Generator(device).manual_seed(settings.seed)
                   for key in [*settings.eps, audits.LARGE_EPS]}
     audited, gradient_ok, large_eps_correct = 0, 0, 0
-    batches = iterate_batches(dataset, transform, settings.batch_size, image_column=benchmark.image_column,
-                              label_column=benchmark.label_column)
+    batches = iterate_batches(dataset, transform, settings.batch_size,
+                              image_column=image_column or benchmark.image_column or "image",
+                              labels=benchmark.labels, bad_images=bad_images)
     progress = tqdm(batches, total=-(-len(dataset) // settings.batch_size), unit="batch",
                     desc=f"{benchmark.name}", leave=False)
     for pixels, labels in progress:

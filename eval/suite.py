@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from robust_w2s.data import BadImages
 from robust_w2s.layout import text_head_cache
 from robust_w2s.models import eval_transform, load_model
 from robust_w2s.zeroshot import ZeroShotClassifier
@@ -19,21 +20,25 @@ from .zeroshot import load_subset, task_name
 
 
 def run_eval(model_spec: str, benchmarks: list[Benchmark], settings: EvalSettings, output_dir: str | Path, *,
-             home=None, device: str | None = None, protocol: str | None = None) -> list[EvalRecord]:
-    """Evaluate ``model_spec`` on every benchmark; returns the records written to ``output_dir``."""
+             home=None, device: str | None = None, protocol: str | None = None,
+             skip_bad_images: bool = False) -> list[EvalRecord]:
+    """Evaluate ``model_spec`` on every benchmark; returns the records written to ``output_dir``.
+    Every dataset is loaded and its labels validated before the model runs."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    subsets = [load_subset(benchmark, home, settings.n_samples, settings.seed) for benchmark in benchmarks]
     model, _, tokenizer = load_model(model_spec, home=home, device=device)
     transform = eval_transform(model, normalize=False)
     records = []
-    for benchmark in tqdm(benchmarks, desc=f"eval {model_spec}", unit="dataset"):
+    for benchmark, (dataset, image_column) in tqdm(list(zip(benchmarks, subsets)), desc=f"eval {model_spec}",
+                                                   unit="dataset"):
         started = time.time()
-        dataset = load_subset(benchmark, home, settings.n_samples, settings.seed)
         classifier = ZeroShotClassifier(model, tokenizer, benchmark.classnames, benchmark.templates,
                                         head_cache=text_head_cache(home)).to(device)
+        bad_images = BadImages(skip=skip_bad_images)
         result = evaluate_benchmark(classifier, dataset, benchmark, transform=transform, settings=settings,
-                                    device=device)
+                                    device=device, image_column=image_column, bad_images=bad_images)
         for row in result["rows"]:
             record = EvalRecord(
                 model=model_spec, dataset=task_name(benchmark), attack=row["attack"], eps=row["eps"],
@@ -43,7 +48,8 @@ def run_eval(model_spec: str, benchmarks: list[Benchmark], settings: EvalSetting
                 seconds=row["seconds"], dataset_seconds=time.time() - started, protocol=protocol,
                 settings=result["settings"], device=device, versions=package_versions(),
                 benchmark={"source": benchmark.source, "split": benchmark.split,
-                           "n_classes": len(benchmark.classnames)})
+                           "n_classes": len(benchmark.classnames), "variant": benchmark.variant,
+                           "skipped_images": bad_images.count})
             record.write(output_dir)
             records.append(record)
     return records

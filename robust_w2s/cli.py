@@ -46,6 +46,9 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-samples", type=int, help="evaluate a seeded random subset of this size")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset (default 0)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="skip images that fail to decode and count them in the results (default: "
+                             "stop with one line naming the file or row)")
     _add_home(parser)
 
 
@@ -173,7 +176,7 @@ def _run_zeroshot(args) -> int:
 
     benchmarks = resolve(args.suite, args.dataset, args.home, args.classnames)
     report = zero_shot_report(args.model, benchmarks, home=args.home, n_samples=args.n_samples,
-                              seed=args.seed, batch_size=args.batch_size)
+                              seed=args.seed, batch_size=args.batch_size, skip_bad_images=args.skip_bad_images)
     width = max(len(name) for name in report["tasks"])
     print(f"{'task':<{width}}  clean_acc      n")
     for name, row in report["tasks"].items():
@@ -212,7 +215,7 @@ def _run_eval(args) -> int:
                             n_samples=n_samples,
                             seed=args.seed, batch_size=args.batch_size)
     records = run_eval(args.model, benchmarks, settings, args.output_dir, home=args.home, device=args.device,
-                       protocol=protocol.name)
+                       protocol=protocol.name, skip_bad_images=args.skip_bad_images)
     print(markdown_table(records))
     print(audit_section(records))
     paths = write_report(args.output_dir)

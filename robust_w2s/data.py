@@ -1,35 +1,54 @@
 """One data path: every image set is a Hugging Face ``datasets.Dataset``.
 
 Dataset specs (DESIGN.md section 8):
-    hf:ID[:SPLIT]     a hub dataset (for users who are online)
-    local:PATH        an image folder (class sub-folders), a parquet file, or a save_to_disk folder
+    hf:ID[:SPLIT]     a hub dataset (for users who are online); SPLIT defaults to the benchmark's
+    local:PATH        an image folder (class sub-folders, or split sub-folders of class sub-folders),
+                      a parquet file, or a save_to_disk folder (a DatasetDict: ``--split`` or test)
     embedded:TASK     a task of the embedded world (built by ``robust-w2s pretrain``)
+
+Hub datasets download only the split that is read: its data files are resolved first (the
+repository's own configs, or ``data_files`` given by a registry schema, e.g. ``test/*.tar`` for
+clip-benchmark's webdatasets) and only those are fetched. ``$RW2S_HUB_MIRROR`` points hub ids at a
+local copy of the repositories (``MIRROR/ORG/NAME/...``, the hub's layout), for clusters without
+internet and for tests.
 """
 from __future__ import annotations
 
 import io
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import datasets
+import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from .errors import UserError
+from .labels import LabelSchema
 from .layout import data_dir
 
+HUB_MIRROR_ENV = "RW2S_HUB_MIRROR"
 
-def load_image_dataset(spec: str, split: str | None = None,
-                       home: str | os.PathLike | None = None) -> datasets.Dataset:
-    """Load the dataset named by ``spec`` (see module docstring); ``split`` picks one split."""
+
+def split_of(spec: str) -> str | None:
+    """The split a ``hf:ID:SPLIT`` spec names, or None."""
+    kind, _, rest = spec.partition(":")
+    return rest.partition(":")[2] or None if kind == "hf" else None
+
+
+def load_image_dataset(spec: str, split: str | None = None, home: str | os.PathLike | None = None, *,
+                       data_files: str | None = None) -> datasets.Dataset:
+    """Load one split of the dataset named by ``spec`` (see module docstring).
+
+    The split named in the spec wins over ``split``. ``data_files``: a pattern with ``{split}``,
+    relative to the hub repository (e.g. ``"{split}/*.tar"``), for repositories whose files the
+    hub's inference would misread. Raises a one-line UserError for anything that cannot be loaded.
+    """
     kind, _, rest = spec.partition(":")
     if kind == "hf":
         hub_id, _, hub_split = rest.partition(":")
-        try:
-            return datasets.load_dataset(hub_id, split=split or hub_split or "test")
-        except Exception as error:  # offline, unknown id or split: all surface as one line
-            raise UserError(f"cannot load {spec!r} from the hub: {str(error).splitlines()[0]}") from None
+        return load_hub_split(hub_id, hub_split or split or "test", data_files=data_files)
     if kind == "embedded":
         folder = data_dir(rest, home)
         if not folder.is_dir():
@@ -38,6 +57,64 @@ def load_image_dataset(spec: str, split: str | None = None,
     if kind == "local":
         return _load_local(Path(rest), split)
     raise UserError(f"unknown dataset spec {spec!r}: expected hf:ID[:SPLIT], local:PATH or embedded:TASK")
+
+
+def load_hub_split(hub_id: str, split: str, *, data_files: str | None = None) -> datasets.Dataset:
+    """One split of a hub dataset, downloading that split's files only.
+
+    ``load_dataset(ID, split=S)`` alone downloads and prepares every split (ImageNet's 140 GB train
+    split before its validation split); resolving the split's files first and passing them as
+    ``data_files`` fetches only those. Repositories that still carry a loading script (refused by
+    ``datasets`` >= 4) are read from the hub's parquet export (``refs/convert/parquet``).
+    """
+    mirror = os.environ.get(HUB_MIRROR_ENV)
+    root = str(Path(mirror) / hub_id) if mirror else hub_id
+    revision = None
+    try:
+        if data_files is None:
+            try:
+                builder = datasets.load_dataset_builder(root)
+            except RuntimeError as error:
+                if "scripts are no longer supported" not in str(error):
+                    raise
+                revision = "refs/convert/parquet"
+                builder = datasets.load_dataset_builder(root, revision=revision)
+            available = builder.config.data_files or {}
+            if split not in available:
+                raise UserError(f"hf:{hub_id} has no split {split!r} (splits: {', '.join(available) or 'none'})")
+            files = {split: list(available[split])}
+        else:
+            files = {split: data_files.format(split=split)}
+        return datasets.load_dataset(root, data_files=files, split=split, revision=revision)
+    except UserError:
+        raise
+    except Exception as error:  # offline, unknown or gated id, missing files: all surface as one line
+        raise UserError(f"cannot load hf:{hub_id} split {split!r}: {(str(error).strip().splitlines() or [''])[0]}"
+                        ) from None
+
+
+def read_hub_file(hub_id: str, filename: str) -> str:
+    """A small text file of a hub dataset repository (e.g. clip-benchmark's ``classnames.txt``)."""
+    mirror = os.environ.get(HUB_MIRROR_ENV)
+    try:
+        if mirror:
+            return (Path(mirror) / hub_id / filename).read_text()
+        from huggingface_hub import hf_hub_download
+        return Path(hf_hub_download(hub_id, filename, repo_type="dataset")).read_text()
+    except Exception as error:  # offline, unknown id, missing file
+        raise UserError(f"cannot read {filename} of hf:{hub_id}: {(str(error).strip().splitlines() or [''])[0]}"
+                        ) from None
+
+
+def image_column_of(dataset: datasets.Dataset, column: str | None) -> str:
+    """``column``, checked; or, for None, the first column of ``datasets.Image`` type."""
+    if column is not None:
+        require_columns(dataset, column)
+        return column
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.Image):
+            return name
+    raise UserError(f"dataset has no image column (columns: {', '.join(dataset.column_names)})")
 
 
 def _load_local(path: Path, split: str | None) -> datasets.Dataset:
@@ -49,17 +126,24 @@ def _load_local(path: Path, split: str | None) -> datasets.Dataset:
         return datasets.load_dataset("parquet", data_files=str(path), split="train")
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
         loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            name = split or ("test" if "test" in loaded else next(iter(loaded)))
-            if name not in loaded:
-                raise UserError(f"{path} has no split {name!r} (splits: {', '.join(loaded)})")
-            return loaded[name]
-        return loaded
-    # Class sub-folders of images: the label column's ClassLabel names are the folder names.
+        return _pick_split(loaded, split, path) if isinstance(loaded, datasets.DatasetDict) else loaded
+    # An image folder: class sub-folders (one split), or split sub-folders (train/, test/, ...) each
+    # holding class sub-folders. The label column's ClassLabel names are the class folder names.
     try:
-        return datasets.load_dataset("imagefolder", data_dir=str(path), split=split or "train")
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
     except (ValueError, FileNotFoundError) as error:  # e.g. a folder without images
         raise UserError(f"{path}: not an image folder ({str(error).splitlines()[0]})") from None
+    if set(loaded) == {"train"} and split is not None and split != "train":
+        return loaded["train"]  # a plain folder of classes has no split names: it is the split asked for
+    return _pick_split(loaded, split, path)
+
+
+def _pick_split(splits: datasets.DatasetDict, split: str | None, source) -> datasets.Dataset:
+    """``split`` if given (else ``test`` if present, else the only or first split)."""
+    name = split or ("test" if "test" in splits else next(iter(splits)))
+    if name not in splits:
+        raise UserError(f"{source} has no split {name!r} (splits: {', '.join(splits)})")
+    return splits[name]
 
 
 def class_names(dataset: datasets.Dataset, label_column: str = "label") -> list[str]:
@@ -78,35 +162,159 @@ def require_columns(dataset: datasets.Dataset, *columns: str) -> None:
             raise UserError(f"dataset has no column {column!r} (columns: {', '.join(dataset.column_names)})")
 
 
+class BadImages:
+    """What to do with images that fail to decode: raise a one-line UserError (default), or skip
+    them (``skip=True``, the CLI's ``--skip-bad-images``) and count them here."""
+
+    def __init__(self, skip: bool = False):
+        self.skip = skip
+        self.count = 0
+        self.first: str | None = None  # where the first skipped image was
+
+    def handle(self, error: UserError, where: str) -> None:
+        if not self.skip:
+            raise error
+        self.count += 1
+        self.first = self.first or where
+
+
 def decode_image(value, row: int) -> Image.Image:
-    """A ``datasets.Image(decode=False)`` value (bytes or path) as an RGB PIL image."""
+    """A ``datasets.Image(decode=False)`` value (bytes or path) as an RGB PIL image.
+
+    As ``datasets`` decodes: EXIF orientation applied, then converted to RGB, except that 16- and
+    32-bit integer images are rescaled from their full range (PIL's own conversion clips them, so a
+    16-bit grey of 30000/65535 would become white). Any failure to decode (PIL raises OSError,
+    SyntaxError, ValueError, DecompressionBombError, ...) is a one-line UserError naming the file
+    or row.
+    """
+    where = value.get("path") if isinstance(value, dict) and value.get("path") else f"row {row}"
     try:
         if isinstance(value, Image.Image):
-            return value.convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(value))
         source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
         with Image.open(source) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, KeyError, TypeError) as error:
-        where = value.get("path") if isinstance(value, dict) and value.get("path") else f"row {row}"
-        raise UserError(f"corrupt or unreadable image at {where}: {error.__class__.__name__}") from None
+            image.load()
+            return to_rgb(ImageOps.exif_transpose(image))
+    except Exception as error:  # noqa: BLE001 -- PIL's decoders raise many types for broken data
+        raise UserError(f"corrupt or unreadable image at {where}: {error.__class__.__name__}: "
+                        f"{(str(error).splitlines() or [''])[0]}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB. Integer modes wider than 8 bits ("I;16*", "I") are scaled from 16 bits."""
+    if image.mode.startswith("I"):
+        grey = np.asarray(image, dtype=np.float64) / 257.0  # 65535 -> 255
+        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode in ("P", "PA") and "transparency" in image.info:
+        image = image.convert("RGBA")  # PIL's documented path for palette transparency
+    return image.convert("RGB")
+
+
+def infer_label_schema(dataset: datasets.Dataset, column: str = "label",
+                       classnames: Sequence[str] | None = None) -> tuple[LabelSchema, tuple[str, ...]]:
+    """(schema, class names) of a dataset that no registry entry describes, from its feature type.
+
+    ClassLabel: its names (or ``classnames``). Strings: each distinct string is a class, named by
+    itself in sorted order (or ordered as ``classnames``). Bool and plain integers carry no names:
+    ``classnames`` is required. Raises a one-line UserError otherwise.
+    """
+    require_columns(dataset, column)
+    feature = dataset.features[column]
+    kind = _feature_type(feature)
+    if kind == "classlabel":
+        return LabelSchema(column), tuple(classnames or feature.names)
+    if kind == "string":
+        names = tuple(classnames or sorted(set(dataset[column])))
+        return LabelSchema(column, "string", ids=names), names
+    if not classnames:
+        hint = "two names, for False then True" if kind == "bool" else "one name per label value 0, 1, ..."
+        raise UserError(f"column {column!r} holds {kind} labels with no class names: pass --classnames FILE "
+                        f"({hint})")
+    return LabelSchema(column, kind), tuple(classnames)
+
+
+def check_labels(dataset: datasets.Dataset, schema: LabelSchema, classnames: Sequence[str], source: str) -> None:
+    """Validate class names against the label column before any compute; one-line UserError naming
+    the mismatch: the column's type against the schema's, the class count, the order of names
+    (where the column has names), and every label in range."""
+    require_columns(dataset, schema.column)
+    feature = dataset.features[schema.column]
+    kind, k = _feature_type(feature), len(classnames)
+    compatible = {"classlabel": ("classlabel", "int"), "int": ("int",), "bool": ("bool",), "string": ("string",)}
+    if kind not in compatible[schema.type]:
+        raise UserError(f"{source}: column {schema.column!r} holds {kind} labels, but {schema.type} labels "
+                        f"were expected")
+    if kind == "classlabel":
+        names = list(feature.names)
+        if len(names) != k:
+            raise UserError(f"{source}: column {schema.column!r} has {len(names)} classes ({_preview(names)}), "
+                            f"but {k} class names were given")
+        if set(names) == set(classnames) and names != list(classnames):
+            first = next(i for i, (a, b) in enumerate(zip(names, classnames)) if a != b)
+            raise UserError(f"{source}: class names are in another order than the column's: label {first} is "
+                            f"{names[first]!r}, given {classnames[first]!r}")
+    elif kind == "bool" and k != 2:
+        raise UserError(f"{source}: column {schema.column!r} holds bool labels (2 classes), but {k} class names "
+                        f"were given")
+    elif kind == "string":
+        missing = sorted(set(dataset[schema.column]) - set(schema.ids))
+        if missing:
+            raise UserError(f"{source}: label {missing[0]!r} of column {schema.column!r} is not among the "
+                            f"{len(schema.ids)} class ids")
+        if len(schema.ids) != k:
+            raise UserError(f"{source}: {len(schema.ids)} class ids but {k} class names")
+    if kind in ("classlabel", "int") and len(dataset):
+        values = dataset.unique(schema.column)
+        low, high = min(values) - schema.offset, max(values) - schema.offset
+        if low < 0 or high >= k:
+            bad = low + schema.offset if low < 0 else high + schema.offset
+            raise UserError(f"{source}: label {bad} of column {schema.column!r} is out of range for {k} class "
+                            f"names (offset {schema.offset})")
+
+
+def _feature_type(feature) -> str:
+    if isinstance(feature, datasets.ClassLabel):
+        return "classlabel"
+    dtype = getattr(feature, "dtype", None)
+    if dtype == "bool":
+        return "bool"
+    if dtype in ("string", "large_string"):
+        return "string"
+    if dtype is not None and dtype.startswith(("int", "uint")):
+        return "int"
+    raise UserError(f"unsupported label feature {feature}")
+
+
+def _preview(names: Sequence[str], n: int = 4) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
 
 def iterate_batches(dataset: datasets.Dataset, transform, batch_size: int = 256, *,
-                    image_column: str = "image", label_column: str | None = "label",
+                    image_column: str = "image", labels: LabelSchema | None = LabelSchema(),
+                    bad_images: BadImages | None = None,
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Yield (pixels [B, 3, H, W], labels [B] or None) with ``transform`` applied to each image.
+    """Yield (pixels [B, 3, H, W], class indices int64 [B] or None) with ``transform`` applied.
 
     Images are decoded here rather than by ``datasets`` so that a corrupt file is reported with
-    its row or path instead of a deep PIL traceback.
+    its row or path (or skipped and counted, with ``bad_images=BadImages(skip=True)``); labels go
+    through ``labels`` (None: no labels). A batch may be smaller when images were skipped.
     """
-    columns = (image_column,) + ((label_column,) if label_column else ())
+    bad_images = bad_images or BadImages()
+    columns = (image_column,) + ((labels.column,) if labels else ())
     require_columns(dataset, *columns)
     raw = dataset.select_columns(list(columns))
     if isinstance(raw.features[image_column], datasets.Image):
         raw = raw.cast_column(image_column, datasets.Image(decode=False))
     for start in range(0, len(raw), batch_size):
         batch = raw[start:start + batch_size]
-        pixels = torch.stack([transform(decode_image(value, start + i))
-                              for i, value in enumerate(batch[image_column])])
-        labels = torch.tensor(batch[label_column]) if label_column else None
-        yield pixels, labels
+        pixels, kept = [], []
+        for i, value in enumerate(batch[image_column]):
+            try:
+                pixels.append(transform(decode_image(value, start + i)))
+                kept.append(i)
+            except UserError as error:
+                bad_images.handle(error, str(error).removeprefix("corrupt or unreadable image at "))
+        if not kept:
+            continue
+        label_values = [batch[labels.column][i] for i in kept] if labels else None
+        yield torch.stack(pixels), (labels.indices(label_values) if labels else None)
