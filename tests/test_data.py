@@ -65,3 +65,146 @@ def test_unknown_dataset_spec_and_missing_path(tmp_path):
         load_image_dataset("ftp:somewhere")
     with pytest.raises(UserError, match="not found"):
         load_image_dataset(f"local:{tmp_path / 'absent'}")
+
+
+# --- Local data as users bring it, and bad data (issue 11) -------------------------------------
+
+import io  # noqa: E402
+import json  # noqa: E402
+
+import datasets  # noqa: E402
+import numpy as np  # noqa: E402
+
+from robust_w2s.cli import main  # noqa: E402
+from robust_w2s.data import HUB_MIRROR_ENV, decode_image  # noqa: E402
+
+
+def _zeroshot(world_home, tmp_path, dataset, *extra):
+    out = tmp_path / "zs.json"
+    code = main(["zeroshot", "--model", "embedded:strong", "--dataset", dataset, "--home", str(world_home),
+                 "--output", str(out), *extra])
+    return code, (json.loads(out.read_text()) if code == 0 else None)
+
+
+def test_plain_image_folder_works_for_zeroshot(world_home, tmp_path):
+    code, report = _zeroshot(world_home, tmp_path, f"local:{_image_folder(tmp_path / 'fruit')}")
+    assert code == 0 and report["tasks"][f"local:{tmp_path / 'fruit'}"]["n"] == 9
+
+
+def test_split_named_in_a_hub_spec_is_the_one_read(tmp_path, monkeypatch):
+    repo = tmp_path / "org" / "shapes" / "data"
+    repo.mkdir(parents=True)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    for split, n in (("validation", 2), ("test", 5)):
+        datasets.Dataset.from_dict({"image": [Image.new("RGB", (4, 4))] * n, "label": [0] * n}, features=features
+                                   ).to_parquet(str(repo / f"{split}-00000-of-00001.parquet"))
+    monkeypatch.setenv(HUB_MIRROR_ENV, str(tmp_path))
+    assert len(load_image_dataset("hf:org/shapes:validation", split="test")) == 2
+    from robust_w2s.eval.benchmarks import resolve
+    (benchmark,) = resolve(dataset="hf:org/shapes:validation")
+    assert benchmark.split == "validation" and benchmark.classnames == ("a", "b")
+    with pytest.raises(UserError, match="no split 'valid' .*validation, test"):
+        load_image_dataset("hf:org/shapes:valid")
+
+
+def _saved(tmp_path, labels, feature):
+    images = [Image.new("RGB", (8, 8), (200 * (i % 2), 0, 0)) for i in range(len(labels))]
+    dataset = datasets.Dataset.from_dict({"image": images, "label": labels},
+                                         features=datasets.Features({"image": datasets.Image(), "label": feature}))
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    return f"local:{tmp_path / 'saved'}"
+
+
+def _names_file(tmp_path, *names):
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
+    return ["--classnames", str(tmp_path / "names.txt")]
+
+
+@pytest.mark.parametrize("labels, feature", [([True, False, True], datasets.Value("bool")),
+                                             (["circle", "square", "circle"], datasets.Value("string"))])
+def test_bool_and_string_labels_evaluate_under_pgd(world_home, tmp_path, capsys, labels, feature):
+    spec = _saved(tmp_path, labels, feature)
+    capsys.readouterr()  # the fixture's progress bars
+    args = ["eval", "--model", "embedded:strong", "--dataset", spec, "--attack", "pgd", "--eps", "4/255",
+            "--pgd-steps", "2", "--home", str(world_home), "--output-dir", str(tmp_path / "out"), "--allow-unsound"]
+    if isinstance(labels[0], bool):
+        assert main(args) == 2  # bool labels carry no names
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "--classnames" in error and "False then True" in error
+        args += _names_file(tmp_path, "square", "circle")
+    assert main(args) == 0
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
+    assert record["n_samples"] == 3 and record["benchmark"]["n_classes"] == 2
+
+
+@pytest.mark.parametrize("names, named", [(("apple", "banana"), "has 3 classes"),
+                                          (("banana", "apple", "cherry"), "another order")])
+def test_class_names_that_do_not_match_the_label_column_stop_before_compute(world_home, tmp_path, capsys,
+                                                                            names, named):
+    spec = _saved(tmp_path, [0, 1, 2], datasets.ClassLabel(names=["apple", "banana", "cherry"]))
+    capsys.readouterr()
+    code, _ = _zeroshot(world_home, tmp_path, spec, *_names_file(tmp_path, *names))
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1 and named in error
+
+
+def test_int_labels_out_of_range_are_named(world_home, tmp_path, capsys):
+    spec = _saved(tmp_path, [0, 1, 3], datasets.Value("int64"))
+    capsys.readouterr()
+    code, _ = _zeroshot(world_home, tmp_path, spec, *_names_file(tmp_path, "a", "b", "c"))
+    error = capsys.readouterr().err
+    assert code == 2 and "label 3" in error and "out of range for 3 class names" in error
+
+
+def _corrupt_chunk_png(path):
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (0, 128, 255)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[37] ^= 0xFF  # inside the IHDR chunk: its CRC no longer matches
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_chunk_is_one_line_or_skipped_and_counted(world_home, tmp_path, capsys):
+    root = _image_folder(tmp_path / "fruit")
+    _corrupt_chunk_png(root / "banana" / "2.png")
+    capsys.readouterr()
+    code, _ = _zeroshot(world_home, tmp_path, f"local:{root}")
+    error = capsys.readouterr().err  # datasets' progress bars, then the one error line
+    assert code == 2 and "Traceback" not in error and "banana/2.png" in error.strip().splitlines()[-1]
+    code, report = _zeroshot(world_home, tmp_path, f"local:{root}", "--skip-bad-images")
+    task = report["tasks"][f"local:{root}"]
+    assert code == 0 and task["n"] == 8 and task["skipped_images"] == 1
+
+
+def _encoded(image, fmt="PNG", **kwargs):
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def test_16_bit_grey_is_scaled_not_clipped():
+    grey = Image.fromarray(np.full((4, 4), 30000, dtype=np.uint16))
+    decoded = np.asarray(decode_image(_encoded(grey), 0), dtype=np.float64) / 255
+    assert decoded.shape == (4, 4, 3) and np.allclose(decoded, 30000 / 65535, atol=1 / 255)
+
+
+def _exif_rotated():
+    image = Image.new("RGB", (6, 3), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 1, 3))  # a blue left column
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    return _encoded(image, "JPEG", exif=exif.tobytes(), quality=100)
+
+
+@pytest.mark.parametrize("value", [
+    _encoded(Image.new("P", (4, 4), 3), transparency=3),
+    _encoded(Image.new("RGBA", (4, 4), (10, 200, 30, 0))),
+    _encoded(Image.new("CMYK", (4, 4), (0, 255, 255, 0)), "JPEG"),
+    _encoded(Image.new("LA", (4, 4), (90, 128))),
+    _exif_rotated(),
+], ids=["palette-transparency", "rgba", "cmyk", "grey-alpha", "exif-orientation"])
+def test_every_mode_decodes_as_datasets_decodes_it(value):
+    ours = decode_image(value, 0)
+    theirs = datasets.Image().decode_example(value).convert("RGB")
+    assert ours.mode == "RGB" and ours.size == theirs.size
+    assert np.array_equal(np.asarray(ours), np.asarray(theirs))
