@@ -134,8 +134,8 @@ def test_hf_hub_spec_loads_config_activation_and_preprocessing(offline_hub):
 
 
 @pytest.mark.parametrize("spec", ["hf-hub:rw2s-test/no-such-model", "ViT-B-16@openai"])
-def test_uncached_hub_weights_offline_are_one_line_exit_2(offline_hub, capsys, spec):
-    assert main(["zeroshot", "--model", spec, "--dataset", "cifar10"]) == 2
+def test_uncached_hub_weights_offline_are_one_line_exit_2(offline_hub, tmp_path, capsys, spec):
+    assert main(["convert", "--model", spec, "--output-dir", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and spec in error and "offline" in error.lower()
 
