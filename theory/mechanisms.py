@@ -35,6 +35,8 @@ from robust_w2s.errors import UserError
 
 from .records import Prediction
 
+ROUND_OFF = 1e-9   # relative error differences below this are floating-point noise, not gains
+
 
 @dataclass(frozen=True)
 class RidgeConfig:
@@ -259,7 +261,9 @@ class Gain:
     stderr: float
 
     def significant(self, z: float) -> bool:
-        return self.mean > 0 and self.mean > z * self.stderr
+        """The mean exceeds z standard errors, and round-off: a student that reproduces its teacher
+        (lambda_S = 0 with m > d) differs from it by about 1e-16."""
+        return self.mean > max(z * self.stderr, ROUND_OFF)
 
     def __str__(self) -> str:
         return f"{self.mean:+.1%} +- {self.stderr:.1%}"
