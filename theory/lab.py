@@ -105,9 +105,13 @@ def _parse(text: str, hint, name: str):
     if typing.get_origin(hint) is tuple:
         item = typing.get_args(hint)[0]
         parts = [part.strip() for part in text.split(",")]
-        if not all(parts):
-            raise UserError(f"--set {name}={text}: expected a comma-separated list of {item.__name__}, e.g. 1,2,3")
-        return tuple(_parse(part, item, name) for part in parts)
+        try:
+            if not all(parts):
+                raise UserError("an empty item")
+            return tuple(_parse(part, item, name) for part in parts)
+        except UserError:
+            raise UserError(f"--set {name}={text}: expected a comma-separated list of {item.__name__}, "
+                            f"e.g. 1,2,3") from None
     if hint is bool:
         if text.lower() not in ("true", "false"):
             raise UserError(f"--set {name}={text}: expected true or false")

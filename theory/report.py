@@ -20,7 +20,7 @@ Every number comes from the JSON file named in its section, which records the fu
 `robust-w2s theory NAME --set key=value` reruns one experiment with other constants."""
 
 
-def _markdown_text(text: str) -> str:
+def markdown_text(text: str) -> str:
     """Plain text (docstrings, evidence) made safe inside Markdown: no HTML tags, emphasis or cell breaks."""
     return text.replace("<", "&lt;").replace("*", r"\*").replace("|", r"\|")
 
@@ -38,13 +38,13 @@ def build_markdown(results: list[Result], folder: str, command: str, seconds: fl
              f"Wall time of that run: {seconds:.0f} s (" + ", ".join(f"{r.experiment} {r.seconds:.0f} s" for r in results)
              + "), torch on one CPU thread.", "", "## Verdicts", "", "| experiment | prediction | here |", "|---|---|---|"]
     for result in results:
-        lines += [f"| {result.experiment} | {_markdown_text(p.claim)} | **{p.verdict}** |" for p in result.predictions]
+        lines += [f"| {result.experiment} | {markdown_text(p.claim)} | **{p.verdict}** |" for p in result.predictions]
     for number, result in enumerate(results, 1):
         lines += ["", f"## {number}. {result.experiment}", "", result.paper + ".", "",
-                  _markdown_text(_setup(result.setup)), ""]
+                  markdown_text(_setup(result.setup)), ""]
         lines += [f"![{figure.stem}]({folder}/{figure.name})" for figure in result.figures]
         lines += ["", "| prediction | here | numbers |", "|---|---|---|"]
-        lines += [f"| {_markdown_text(p.claim)} | **{p.verdict}** | {_markdown_text(p.evidence)} |"
+        lines += [f"| {markdown_text(p.claim)} | **{p.verdict}** | {markdown_text(p.evidence)} |"
                   for p in result.predictions]
         lines += ["", f"Config and data: [`{folder}/{result.experiment}.json`]({folder}/{result.experiment}.json) "
                       f"(seed {result.config['seed']}); {result.seconds:.0f} s."]
