@@ -20,7 +20,12 @@ test pairs ordered against r*) and the off-target retention (how well the hidden
 expresses each off-target feature <phi_k, x>: the R^2 of a linear probe after fine-tuning over the
 same before; 1 = kept). Prediction (Sections 3-4): W2S learns the target direction and keeps the
 off-target features; SFT forgets them when their directions correlate with the target's. The link's
-curvature is not a constant of the paper: it is shown over a range.
+curvature is not a constant of the paper: it is shown over a range. The mechanism in this
+construction: SFT's residual keeps what the target's own neurons cannot express (the curved link),
+and neurons whose direction correlates with the target can express part of it, so SFT turns them
+toward theta; W2S's labels are the part its target neurons express, so its residual vanishes first.
+With a strongly curved link SFT also loses some features at c = 0: its residual never vanishes,
+and SGD noise moves every neuron a little.
 """
 from __future__ import annotations
 
@@ -209,8 +214,9 @@ def plot(config: FeatureElicitationConfig, data: dict, out_dir: Path, prefix: st
     right.set(xlabel="c = <phi_k, theta>, off-target correlation with the target",
               ylabel="off-target retention (probe R^2, after / before)", title="pretrained off-target features")
     right.axhline(config.retained, color="gray", lw=0.8)
-    left.legend(fontsize=7)
-    figure.tight_layout()
+    handles, labels = left.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(config.curvature), fontsize=7)
+    figure.tight_layout(rect=(0, 0.06 * (len(METHODS) + 1), 1, 1))
     path = out_dir / f"{prefix}.png"
     figure.savefig(path, dpi=110)
     plt.close(figure)

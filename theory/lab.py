@@ -148,7 +148,7 @@ def run_experiment(name: str, overrides: typing.Sequence[str] = (), output_dir: 
     write_atomic(output / f"{name}.json", json.dumps({
         "experiment": name, "paper": experiment.paper, "config": result.config, "seed": config.seed,
         "seconds": round(seconds, 1), "predictions": [dataclasses.asdict(p) for p in found],
-        "figures": [figure.name for figure in figures], "data": data}, indent=1))
+        "figures": [figure.name for figure in figures], "data": data}, indent=1, allow_nan=False))
     return result
 
 

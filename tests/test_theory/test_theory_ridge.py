@@ -5,9 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from tqdm import tqdm
 
-from robust_w2s.theory.mechanisms import (MechanismsConfig, RidgeConfig, _ridge_predictions, gain, ridge,
-                                          run_ridge, student_path)
+from robust_w2s.theory.mechanisms import MechanismsConfig, RidgeConfig, _ridge_predictions, ridge, run_ridge, student_path
+from robust_w2s.theory.records import gain
 
 
 def gradient_descent(X, y, lam, Gamma, steps=4000):
@@ -59,7 +60,7 @@ def test_ridge_predictions_recomputed_from_a_small_run(single_thread):
     numbers, and reported so by ``predictions``."""
     config = MechanismsConfig(ridge=RidgeConfig(d=40, gamma_T=(0.5,), gamma_S=(0.25,), lambda_T=(0.03, 1.0),
                                                 lambda_S_count=15), seeds=6)
-    data = run_ridge(config.ridge, list(range(6)), bar=type("Bar", (), {"update": lambda self: None})())
+    data = run_ridge(config.ridge, list(range(6)), bar=tqdm(disable=True))
     regime = data["regimes"][0]
     assert regime["lambda_star"] == pytest.approx(0.5 ** 2 * (40 / 80))
     teacher, student = np.mean(regime["teacher"], axis=0), np.mean(regime["student"], axis=0)
@@ -72,7 +73,7 @@ def test_ridge_predictions_recomputed_from_a_small_run(single_thread):
 def test_bayes_optimal_lambda_star_is_the_best_teacher(single_thread):
     """lambda* = sigma^2 (d/n) / r^2 is the posterior mean's penalty: the teachers around it do worse."""
     config = RidgeConfig(d=40, gamma_T=(2.0,), gamma_S=(0.25,), lambda_T=(0.3, 1.0, 3.0), lambda_S_count=3)
-    data = run_ridge(config, list(range(20)), bar=type("Bar", (), {"update": lambda self: None})())
+    data = run_ridge(config, list(range(20)), bar=tqdm(disable=True))
     teacher = np.mean(data["regimes"][0]["teacher"], axis=0)
     assert teacher[1] < teacher[0] and teacher[1] < teacher[2]
     assert not math.isnan(teacher.sum())
