@@ -71,7 +71,8 @@ class FeatureElicitationConfig:
             raise UserError("c are correlations in [0, 1), 0 and at least one more; curvature values must be > 0")
 
 
-def subspaces(config: FeatureElicitationConfig, c: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def subspaces(config: FeatureElicitationConfig, c: float,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """theta (d,) and the bases of V_1..V_K, shape (K, 2, d), V_kappa = V[0] holding theta; every
     off-target V_k holds phi_k with <phi_k, theta> = c, the rest of the vectors orthonormal."""
     Q = torch.linalg.qr(torch.randn(config.d, 2 * config.K, generator=generator))[0].T
@@ -87,24 +88,37 @@ def link(z: torch.Tensor, curvature: float) -> torch.Tensor:
     return (torch.exp(curvature * z) - math.exp(curvature ** 2 / 2)) / curvature
 
 
+def pretrained_student(config: FeatureElicitationConfig, bases: torch.Tensor,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """First layer W0 (K N, d): N random unit vectors in each V_k, the target's first; head a0 (K N,):
+    +-1/N on the target's neurons, 0 on the others (the task-kappa head does not read them)."""
+    mixtures = torch.randn(config.K, config.N, 2, generator=generator)
+    W0 = torch.einsum("kne,ked->knd", mixtures, bases).reshape(-1, config.d)
+    a0 = torch.zeros(config.K * config.N)
+    a0[:config.N] = (torch.randint(0, 2, (config.N,), generator=generator) * 2 - 1) / config.N
+    return W0 / W0.norm(dim=1, keepdim=True), a0
+
+
+def weak_model(config: FeatureElicitationConfig, theta: torch.Tensor, curvature: float,
+               generator: torch.Generator) -> torch.Tensor:
+    """The weak linear reward's weights (d,): least squares (with intercept) on n_w labelled samples."""
+    X = torch.randn(config.n_w, config.d, generator=generator)
+    design = torch.cat([X, torch.ones(config.n_w, 1)], dim=1)
+    return torch.linalg.lstsq(design, link(X @ theta, curvature)[:, None]).solution[:-1, 0]
+
+
 def fine_tune(config: FeatureElicitationConfig, c: float, curvature: float, method: str, seed: int) -> dict:
     """Pretrained student, weak model, one fine-tuning (``method`` in METHODS): the target ranking
     errors of the student before and after and of the weak model, and the off-target retention."""
     generator = torch.Generator().manual_seed(seed)
     theta, bases = subspaces(config, c, generator)
-    W0 = torch.einsum("kne,ked->knd", torch.randn(config.K, config.N, 2, generator=generator), bases).reshape(-1, config.d)
-    W0 = W0 / W0.norm(dim=1, keepdim=True)
-    a0 = torch.zeros(config.K * config.N)
-    a0[:config.N] = (torch.randint(0, 2, (config.N,), generator=generator) * 2 - 1) / config.N
-    X_weak = torch.randn(config.n_w, config.d, generator=generator)
-    design = torch.cat([X_weak, torch.ones(config.n_w, 1)], dim=1)
-    weak = torch.linalg.lstsq(design, link(X_weak @ theta, curvature)[:, None]).solution[:-1, 0]
-
+    W0, a0 = pretrained_student(config, bases, generator)
+    weak = weak_model(config, theta, curvature, generator)
     W, a, b = W0.clone().requires_grad_(), a0.clone().requires_grad_(), torch.zeros((), requires_grad=True)
 
     def reward(X):
         return torch.relu(X @ W.T) @ a + b
-    first, second = torch.randn(config.n_test, config.d, generator=generator), torch.randn(config.n_test, config.d, generator=generator)
+    first, second = (torch.randn(config.n_test, config.d, generator=generator) for _ in range(2))
     truth = (first - second) @ theta > 0
 
     def ranking_error(r1, r2):
@@ -169,9 +183,11 @@ def predictions(config: FeatureElicitationConfig, data: dict) -> list[Prediction
         found.append(Prediction(
             f"Curvature {curvature:g}: W2S elicits the target direction: the student's ranking error falls from its "
             f"pretrained start to its weak teacher's or below (Section 3)",
-            all(r["target_error"] <= r["weak_error"] + 0.01 and r["target_error"] < r["target_error_before"] for r in w2s),
+            all(r["target_error"] <= r["weak_error"] + 0.01 and r["target_error"] < r["target_error_before"]
+                for r in w2s),
             "; ".join(f"c={row['c']:g}: {row['w2s']['target_error_before']:.3f} -> {row['w2s']['target_error']:.3f} "
-                      f"(weak {row['w2s']['weak_error']:.3f})" for row in rows) + " (up to 0.01 above the weak allowed)"))
+                      f"(weak {row['w2s']['weak_error']:.3f})" for row in rows)
+            + " (up to 0.01 above the weak allowed)"))
         retention = {method: [row[method]["retention"] for row in rows] for method in METHODS}
         listed = "; ".join(f"c={row['c']:g}: W2S {row['w2s']['retention']:.3f}, SFT {row['sft']['retention']:.3f}"
                            for row in rows)
@@ -183,7 +199,8 @@ def predictions(config: FeatureElicitationConfig, data: dict) -> list[Prediction
         found.append(Prediction(
             f"Curvature {curvature:g}: SFT forgets the off-target features when they correlate with the target: "
             f"its retention at some c > 0 falls below its retention at c = 0, and below W2S's (Section 4)",
-            retention["sft"][worst] < baseline - config.forgetting and retention["sft"][worst] < retention["w2s"][worst],
+            retention["sft"][worst] < baseline - config.forgetting
+            and retention["sft"][worst] < retention["w2s"][worst],
             f"SFT at c = 0: {baseline:.3f}, at c = {config.c[worst]:g}: {retention['sft'][worst]:.3f} (W2S there: "
             f"{retention['w2s'][worst]:.3f}); a drop counts above {config.forgetting}"))
     return found
@@ -212,11 +229,11 @@ def plot(config: FeatureElicitationConfig, data: dict, out_dir: Path, prefix: st
     left.set(xlabel="c = <phi_k, theta>, off-target correlation with the target", ylabel="target ranking error",
              title="task kappa after fine-tuning")
     right.set(xlabel="c = <phi_k, theta>, off-target correlation with the target",
-              ylabel="off-target retention (probe R^2, after / before)", title="pretrained off-target features")
+              ylabel="off-target retention (probe R^2 ratio)", title="pretrained off-target features")
     right.axhline(config.retained, color="gray", lw=0.8)
     handles, labels = left.get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=len(config.curvature), fontsize=7)
-    figure.tight_layout(rect=(0, 0.06 * (len(METHODS) + 1), 1, 1))
+    figure.tight_layout(rect=(0, 0.045 * (len(METHODS) + 1), 1, 1))
     path = out_dir / f"{prefix}.png"
     figure.savefig(path, dpi=110)
     plt.close(figure)

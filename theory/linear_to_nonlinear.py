@@ -141,8 +141,7 @@ def weak_predict(w: torch.Tensor, data: PatchData) -> torch.Tensor:
 
 def student_output(W: torch.Tensor, data: PatchData) -> torch.Tensor:
     """f(W, X) = F_{+1} - F_{-1} for W of shape (2, m, d) (filters of class +1, then -1); shape (n,)."""
-    signal = torch.einsum("npk,jrk->njr", data.coef[:, :1], W[:, :, :SIGNAL_DIMS]).relu() \
-        + torch.einsum("npk,jrk->njr", data.coef[:, 1:], W[:, :, :SIGNAL_DIMS]).relu()
+    signal = torch.einsum("npk,jrk->njrp", data.coef, W[:, :, :SIGNAL_DIMS]).relu().sum(dim=3)
     noise = torch.einsum("nd,jrd->njr", data.noise, W).relu()
     F = (signal + noise).mean(dim=2)
     return F[:, 0] - F[:, 1]
@@ -154,11 +153,11 @@ def _accuracy(prediction: torch.Tensor, y: torch.Tensor, where: torch.Tensor | N
 
 
 def train_student(train: PatchData, labels: torch.Tensor, config: LinearToNonlinearConfig,
-                  generator: torch.Generator, test: PatchData | None = None,
-                  checkpoints: tuple[int, ...] = ()) -> tuple[torch.Tensor, list[dict]]:
-    """Full-batch gradient descent on the logistic loss with ``labels`` (the weak model's), T steps.
+                  generator: torch.Generator, test: PatchData, checkpoints: tuple[int, ...]) -> list[dict]:
+    """Full-batch gradient descent on the logistic loss with ``labels`` (the weak model's), T steps,
+    from weights W ~ N(0, sigma_0^2) of shape (2, m, d).
 
-    Returns the final weights (2, m, d) and, at each step in ``checkpoints``, the test accuracy
+    Returns, at each step in ``checkpoints``, the test accuracy
     (overall and on hard-only data), the share of weak labels the student reproduces on its training
     set, and the share of wrong weak labels it corrects (predicts the true label instead; None when
     every weak label is right)."""
@@ -180,7 +179,7 @@ def train_student(train: PatchData, labels: torch.Tensor, config: LinearToNonlin
         gradient, = torch.autograd.grad(loss, W)
         with torch.no_grad():
             W -= config.eta * gradient
-    return W.detach(), history
+    return history
 
 
 def _one_run(config: LinearToNonlinearConfig, n: int, nu: float, seed: int,
@@ -190,7 +189,7 @@ def _one_run(config: LinearToNonlinearConfig, n: int, nu: float, seed: int,
     test = sample(config, config.n_test, nu, generator)
     w = train_weak(sample(config, config.n_weak, nu, generator), config)
     train = sample(config, n, nu, generator)
-    _, history = train_student(train, weak_predict(w, train), config, generator, test, checkpoints)
+    history = train_student(train, weak_predict(w, train), config, generator, test, checkpoints)
     return _accuracy(weak_predict(w, test), test.y), history
 
 

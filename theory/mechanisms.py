@@ -272,41 +272,47 @@ def predictions(config: MechanismsConfig, data: dict) -> list[Prediction]:
             *_multi_index_predictions(config, data["multi_index"])]
 
 
+def _regime_rows(ridge_data: dict, regime: dict) -> list[dict]:
+    """Per lambda_T of one regime: the teacher's mean error, the best student's (lambda_S chosen on
+    the mean curve) with its lambda_S and Gain, and the ridgeless student's mean error."""
+    rows = []
+    for k, multiple in enumerate(ridge_data["lambda_T"]):
+        teacher = [errors[k] for errors in regime["teacher"]]
+        index, student = _best([curves[k] for curves in regime["student"]])
+        rows.append({"multiple": multiple, "teacher": float(np.mean(teacher)), "student": float(np.mean(student)),
+                     "lambda_S": ridge_data["lambda_S"][index], "gain": gain(teacher, student),
+                     "ridgeless": float(np.mean([curves[k][0] for curves in regime["student"]]))})
+    return rows
+
+
 def _ridge_predictions(config: MechanismsConfig, ridge_data: dict) -> list[Prediction]:
-    found, at_optimum = [], []
-    lambda_S, z = ridge_data["lambda_S"], config.z
+    found, at_optimum, z = [], [], config.z
     for regime in ridge_data["regimes"]:
         name = f"d/n = {regime['gamma_T']:g}, d/m = {regime['gamma_S']:g}"
-        rows = []
-        for k, multiple in enumerate(ridge_data["lambda_T"]):
-            teacher = [errors[k] for errors in regime["teacher"]]
-            index, student = _best([curves[k] for curves in regime["student"]])
-            rows.append((multiple, np.mean(teacher), np.mean(student), lambda_S[index], gain(teacher, student)))
-        at_optimum += [(f"{name}, lambda_T = {multiple:g} lambda*", g) for multiple, *_, g in rows if multiple >= 1]
+        rows = _regime_rows(ridge_data, regime)
+        at_optimum += [(f"{name}, lambda_T = {row['multiple']:g} lambda*", row["gain"]) for row in rows
+                       if row["multiple"] >= 1]
         if regime["m"] > config.ridge.d:
-            under = [row for row in rows if row[0] < 1]
-            shrinking = all(a[4].mean > b[4].mean for a, b in zip(under, under[1:]))
+            under = [row for row in rows if row["multiple"] < 1]
+            shrinking = all(a["gain"].mean > b["gain"].mean for a, b in zip(under, under[1:]))
             found.append(Prediction(
                 f"Ridge, {name} (student under-parameterized): the student compensates an under-regularized "
                 f"teacher (lambda_T < lambda*): some lambda_S > 0 brings it below its teacher, the more so the "
                 f"further lambda_T is below lambda* (Section 2)",
-                bool(under) and shrinking and all(row[4].significant(z) for row in under),
-                "; ".join(f"lambda_T = {multiple:g} lambda*: teacher {teacher:.3f}, best student {student:.3f} at "
-                          f"lambda_S = {lam:.3g} (gain {g})" for multiple, teacher, student, lam, g in under)
-                + f"; a gain counts above {z:g} standard errors"))
+                bool(under) and shrinking and all(row["gain"].significant(z) for row in under),
+                "; ".join(f"lambda_T = {row['multiple']:g} lambda*: teacher {row['teacher']:.3f}, best student "
+                          f"{row['student']:.3f} at lambda_S = {row['lambda_S']:.3g} (gain {row['gain']})"
+                          for row in under) + f"; a gain counts above {z:g} standard errors"))
         else:
             share = regime["m"] / config.ridge.d
-            lines = [(multiple, np.mean(teacher), np.mean(student), share * np.mean(teacher) + (1 - share) * config.ridge.r ** 2)
-                     for multiple, teacher, student in zip(ridge_data["lambda_T"], zip(*regime["teacher"]),
-                                                           ([curves[k][0] for curves in regime["student"]]
-                                                            for k in range(len(ridge_data["lambda_T"]))))]
+            predicted = [share * row["teacher"] + (1 - share) * config.ridge.r ** 2 for row in rows]
             found.append(Prediction(
                 f"Ridge, {name} (student over-parameterized; our derivation, not a claim of the paper): the "
                 f"ridgeless student keeps a random m/d of the teacher's directions, so its error is "
                 f"(m/d) R_T + (1 - m/d) r^2 and it beats its teacher only if R_T > r^2",
-                all(abs(measured - predicted) <= 0.05 * predicted for _, _, measured, predicted in lines),
-                "; ".join(f"lambda_T = {multiple:g} lambda*: R_T {teacher:.3f}, ridgeless student {measured:.3f}, "
-                          f"predicted {predicted:.3f}" for multiple, teacher, measured, predicted in lines)
+                all(abs(row["ridgeless"] - value) <= 0.05 * value for row, value in zip(rows, predicted)),
+                "; ".join(f"lambda_T = {row['multiple']:g} lambda*: R_T {row['teacher']:.3f}, ridgeless student "
+                          f"{row['ridgeless']:.3f}, predicted {value:.3f}" for row, value in zip(rows, predicted))
                 + " (within 5% required)"))
     found.append(Prediction(
         "Ridge, every regime: a teacher at or above lambda* (the Bayes-optimal ridge for this prior) cannot be "
@@ -326,14 +332,16 @@ def _weighted_predictions(config: MechanismsConfig, weighted: dict) -> list[Pred
     context = (f"teacher at its best isotropic lambda_T = {weighted['lambda_T_best']:.3g}: {np.mean(teacher):.3f}; "
                f"best student over lambda_S: {listed}")
     steps = [gain(best[earlier], best[later]) for earlier, later in zip(order, order[1:])]
+    aligned, least = order[-1], order[0]
     return [
         Prediction("Weighted ridge: a student whose penalty is aligned with the target's spectrum (a = "
-                   f"{weighted['a'][order[-1]]:g}) beats an optimally regularized isotropic teacher (Section 3)",
-                   gains[order[-1]].significant(config.z), context + f"; a gain counts above {config.z:g} standard errors"),
-        Prediction("Weighted ridge: an isotropic student (a = 0) gains nothing over the optimally regularized "
-                   "isotropic teacher: the gain comes from the penalty's alignment (Section 3)",
-                   not gains[order[0]].significant(config.z),
-                   f"a = {weighted['a'][order[0]]:g}: gain {gains[order[0]]} (may not exceed {config.z:g} standard errors)"),
+                   f"{weighted['a'][aligned]:g}) beats an optimally regularized isotropic teacher (Section 3)",
+                   gains[aligned].significant(config.z),
+                   context + f"; a gain counts above {config.z:g} standard errors"),
+        Prediction(f"Weighted ridge: the least aligned student (a = {weighted['a'][least]:g}; 0 is isotropic) gains "
+                   "nothing over the optimally regularized isotropic teacher: the gain comes from the penalty's "
+                   "alignment (Section 3)", not gains[least].significant(config.z),
+                   f"a = {weighted['a'][least]:g}: gain {gains[least]} (may not exceed {config.z:g} standard errors)"),
         Prediction("Weighted ridge: the better aligned the student's penalty, the lower its error (Section 3)",
                    all(step.mean > -config.z * step.stderr for step in steps),
                    "gain of each alignment step over the previous: " + ", ".join(str(step) for step in steps)),

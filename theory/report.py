@@ -35,8 +35,9 @@ def build_markdown(results: list[Result], folder: str, command: str, seconds: fl
     """The report for ``results``, whose files are in ``folder`` (relative to the report)."""
     lines = ["# The theory lab", "", INTRO, "", "Rebuild (writes this file and everything under "
              f"`{folder}/`):", "", "```bash", command, "```", "",
-             f"Wall time of that run: {seconds:.0f} s (" + ", ".join(f"{r.experiment} {r.seconds:.0f} s" for r in results)
-             + "), torch on one CPU thread.", "", "## Verdicts", "", "| experiment | prediction | here |", "|---|---|---|"]
+             f"Wall time of that run: {seconds:.0f} s ("
+             + ", ".join(f"{r.experiment} {r.seconds:.0f} s" for r in results) + "), torch on one CPU thread.",
+             "", "## Verdicts", "", "| experiment | prediction | here |", "|---|---|---|"]
     for result in results:
         lines += [f"| {result.experiment} | {markdown_text(p.claim)} | **{p.verdict}** |" for p in result.predictions]
     for number, result in enumerate(results, 1):

@@ -25,7 +25,8 @@ def test_generator_matches_the_data_model(single_thread):
     expected = {EASY: (2.0, 2.0), HARD: (3.0, 3.0), BOTH: (2.0, 3.0)}
     for kind, (first, second) in expected.items():
         rows = data.kind == kind
-        assert torch.allclose(norms[rows, 0], torch.tensor(first)) and torch.allclose(norms[rows, 1], torch.tensor(second))
+        assert torch.allclose(norms[rows, 0], torch.tensor(first))
+        assert torch.allclose(norms[rows, 1], torch.tensor(second))
     # the easy signal is y * mu on e_1; the hard one sits on e_2 (y = +1) or e_3 (y = -1) with a
     # random sign, so its mean given y is zero: invisible to any linear model
     easy = data.kind != HARD

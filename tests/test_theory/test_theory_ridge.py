@@ -7,7 +7,8 @@ import pytest
 import torch
 from tqdm import tqdm
 
-from robust_w2s.theory.mechanisms import MechanismsConfig, RidgeConfig, _ridge_predictions, ridge, run_ridge, student_path
+from robust_w2s.theory.mechanisms import (MechanismsConfig, RidgeConfig, _ridge_predictions, ridge, run_ridge,
+                                          student_path)
 from robust_w2s.theory.records import gain
 
 
@@ -28,7 +29,8 @@ def test_ridge_closed_form_is_the_gradient_descent_optimum(weighted, single_thre
     generator = torch.Generator().manual_seed(0)
     X = torch.randn(60, 20, generator=generator, dtype=torch.float64)
     y = torch.randn(60, generator=generator, dtype=torch.float64)
-    Gamma = torch.rand(20, generator=generator, dtype=torch.float64) + 0.5 if weighted else torch.ones(20, dtype=torch.float64)
+    Gamma = torch.rand(20, generator=generator, dtype=torch.float64) + 0.5 if weighted \
+        else torch.ones(20, dtype=torch.float64)
     closed = ridge(X, y, 0.3, Gamma if weighted else None)
     assert torch.allclose(closed, gradient_descent(X, y, 0.3, Gamma), atol=1e-8)
 
