@@ -5,7 +5,8 @@ The public names below are imported on first use, so that ``import robust_w2s.at
 
 Packages: ``robust_w2s.attacks`` (PGD, AutoAttack; nothing of CLIP), ``robust_w2s.align`` (the
 alignment objectives and the training loop), ``robust_w2s.eval`` (benchmark registry, runner,
-audits, reports), ``robust_w2s.world`` (the embedded world), ``robust_w2s.study`` (the reference study).
+audits, reports), ``robust_w2s.world`` (the embedded world), ``robust_w2s.study`` (the reference study),
+``robust_w2s.theory`` (the theory lab: weak-to-strong theory papers as small synthetic experiments).
 """
 from importlib import import_module
 from typing import TYPE_CHECKING

@@ -156,6 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "cores, each on half of them; 1 on a GPU)")
     _add_home(demo)
     demo.set_defaults(run=_run_demo)
+
+    theory = commands.add_parser(
+        "theory", help="the theory lab: three weak-to-strong theory papers as small synthetic experiments",
+        description="Run one experiment of the theory lab (linear-to-nonlinear: Oh, Song and Yun; mechanisms: "
+                    "Moniri and Hassani; feature-elicitation: Awano and Suzuki), writing NAME.json (config, "
+                    "seed, every prediction with its verdict and numbers) and NAME-*.png, or `all` of them "
+                    "with the report theory.md. Torch and numpy on the CPU; minutes, not hours.")
+    theory.add_argument("name", metavar="NAME", help="linear-to-nonlinear, mechanisms, feature-elicitation or all")
+    theory.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override one setting, typed by the experiment's config, e.g. --set seeds=5 or "
+                             "--set ridge.d=100; with all, name the experiment first: mechanisms.seeds=5")
+    theory.add_argument("--output-dir", help="where results go (default runs/theory; for all: docs, "
+                                             "writing docs/theory.md and docs/theory/)")
+    theory.set_defaults(run=_run_theory)
     return parser
 
 
@@ -277,6 +291,22 @@ def _run_demo(args) -> int:
     report = run_study(settings, output_dir, home=args.home, workers=workers, report_dir=args.report_dir,
                        command=" ".join(["robust-w2s", *sys.argv[1:]]))
     print(f"report: {report}")
+    return 0
+
+
+def _run_theory(args) -> int:
+    from .theory import run_all, run_experiment
+
+    if args.name == "all":
+        output_dir = args.output_dir or "docs"
+        command = " ".join(["robust-w2s theory all", *(f"--set {o}" for o in args.overrides),
+                            *([f"--output-dir {args.output_dir}"] if args.output_dir else [])])
+        print(f"report: {run_all(args.overrides, output_dir, command)}")
+        return 0
+    result = run_experiment(args.name, args.overrides, args.output_dir or "runs/theory")
+    for prediction in result.predictions:
+        print(f"[{prediction.verdict}] {prediction.claim}\n    {prediction.evidence}")
+    print(f"results: {Path(args.output_dir or 'runs/theory') / args.name}.json ({result.seconds:.0f} s)")
     return 0
 
 

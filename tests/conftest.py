@@ -57,8 +57,8 @@ def tiny_model():
 @pytest.fixture(scope="session", autouse=True)
 def _one_namespace():
     """Every import goes through ``robust_w2s.*``. From the repository root the folders attacks/,
-    eval/ and study/ are also importable as top-level packages: such an import would be a second
-    copy of the module, with its own registries and state."""
+    eval/, study/ and theory/ are also importable as top-level packages: such an import would be a
+    second copy of the module, with its own registries and state."""
     yield
-    stray = sorted({"attacks", "eval", "study"} & sys.modules.keys())
+    stray = sorted({"attacks", "eval", "study", "theory"} & sys.modules.keys())
     assert not stray, f"imported outside the robust_w2s namespace: {[(n, sys.modules[n]) for n in stray]}"
