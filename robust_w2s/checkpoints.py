@@ -38,6 +38,7 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     ``path`` holds either the old or the new complete folder. On error the staging is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; a checkpoint is shared like any folder
     try:
         yield staging
         for file in staging.iterdir():
@@ -58,6 +59,12 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_cfg: dict | None = None,
@@ -88,14 +95,26 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_cfg: dict |
     return path
 
 
+# The weight files of an open_clip local-dir folder, in open_clip's order of preference: ours, then
+# what `huggingface-cli download --local-dir` leaves of a hub release.
+WEIGHT_FILES = (WEIGHTS_FILE, "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
+                "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin")
+
+
+def weights_file(path: str | os.PathLike) -> Path | None:
+    """The weight file of a checkpoint folder (see ``WEIGHT_FILES``), or None."""
+    return next((Path(path) / name for name in WEIGHT_FILES if (Path(path) / name).is_file()), None)
+
+
 def read_checkpoint_config(path: str | os.PathLike) -> dict:
     """The parsed ``open_clip_config.json`` of a checkpoint folder, with one-line errors."""
     path = Path(path)
     config_file = path / CONFIG_FILE
     if not path.is_dir():
         raise UserError(f"checkpoint folder not found: {path}")
-    if not config_file.is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise UserError(f"{path} is not a checkpoint folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    if not config_file.is_file() or weights_file(path) is None:
+        raise UserError(f"{path} is not a checkpoint folder (needs {CONFIG_FILE} and a weight file: "
+                        f"{', '.join(WEIGHT_FILES[:3])}, ...)")
     try:
         config = json.loads(config_file.read_text())
         config["model_cfg"]["vision_cfg"]

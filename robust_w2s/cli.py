@@ -18,16 +18,18 @@ from .errors import UserError, unknown_name
 
 EPILOG = """model specs:
   embedded:weak|weak-robust|strong  the embedded world's CLIPs
-  local-dir:PATH (or PATH)          a checkpoint folder (ours, or open_clip's local-dir layout)
+  local-dir:PATH (or PATH)          a checkpoint folder: open_clip_config.json and its weights (ours,
+                                    or a hub release downloaded as files)
   hf-hub:ORG/NAME                   an open_clip model on the Hugging Face hub, e.g. hf-hub:chs20/fare2-clip
   NAME                              an open_clip architecture, random init (e.g. ViT-B-32)
   NAME@TAG                          with a pretrained tag's weights, activation and preprocessing
-                                    (e.g. ViT-B-32@openai: QuickGELU, OpenAI mean/std)
+                                    (ViT-B-32@openai is built with QuickGELU and OpenAI's mean/std)
   NAME@TAG:FILE                     a weight file fine-tuned from TAG: built as TAG's network (e.g.
                                     ViT-L-14@openai:fare_eps_4.pt); image-tower-only files (FARE,
                                     TeCoA/PMG-AFT/TGA-ZSR .pth.tar) take the text tower from TAG
   NAME@FILE                         a weight file with no lineage: built as open_clip's NAME
-weight files: .safetensors, or torch files that load with weights_only=True"""
+weight files: .safetensors, or torch files that load with weights_only=True
+HF_HUB_OFFLINE=1: use only what the Hugging Face cache holds (no network attempts)"""
 
 
 def _add_home(parser: argparse.ArgumentParser) -> None:
@@ -119,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "preprocessing, and the lineage.", epilog=EPILOG,
         formatter_class=_Formatter)
     convert.add_argument("--model", required=True, help="model spec to convert (see below)")
-    convert.add_argument("--output-dir", required=True, help="checkpoint folder to write (replaced atomically)")
+    convert.add_argument("--output-dir", required=True, help="checkpoint folder to write: a new path, or an "
+                                                             "existing checkpoint folder (replaced atomically)")
     _add_home(convert)
     convert.set_defaults(run=_run_convert)
 
@@ -242,15 +245,17 @@ def _run_eval(args) -> int:
 
 
 def _run_convert(args) -> int:
-    from .checkpoints import save_checkpoint
+    from .checkpoints import CONFIG_FILE, save_checkpoint
     from .models import load_model
 
+    output = Path(args.output_dir).resolve()
+    if output.exists() and not (output / CONFIG_FILE).is_file():
+        raise UserError(f"--output-dir {output} exists and is not a checkpoint folder: give a new path "
+                        f"(an existing checkpoint folder is replaced)")
     model, _, _ = load_model(args.model, home=args.home)
-    extra = {"converted_from": args.model}
-    if getattr(model, "rw2s_weights_layout", None):
-        extra["weights_layout"] = model.rw2s_weights_layout
-    folder = save_checkpoint(model, args.output_dir, extra=extra)
-    print(f"checkpoint: {folder} ({extra.get('weights_layout', 'open_clip weights')}; lineage: "
+    extra = {"converted_from": args.model, **getattr(model, "rw2s_weights", {})}
+    folder = save_checkpoint(model, output, extra=extra)
+    print(f"checkpoint: {folder} ({extra.get('layout', 'open_clip weights')}; lineage: "
           f"{getattr(model, 'rw2s_lineage', None) or 'none'}; quick_gelu: "
           f"{bool(model.rw2s_model_cfg.get('quick_gelu'))})")
     return 0
@@ -313,6 +318,9 @@ def _run_theory(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")  # open_clip warns on every random-init model
     logging.getLogger("robust_w2s").setLevel(logging.WARNING)  # ours are meant to be read
+    # The hub logs each retry while offline (twice, through its handler and ours): our one line says it.
+    # huggingface_hub sets its level from this variable when it is first imported.
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

@@ -32,7 +32,8 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 from torch import nn
 
-from .checkpoints import check_state_dict, load_weights, read_checkpoint_config, WEIGHTS_FILE
+from .checkpoints import (CONFIG_FILE, WEIGHTS_FILE, check_state_dict, load_weights, read_checkpoint_config,
+                          weights_file)
 from .errors import UserError, unknown_name
 from .layout import EMBEDDED, model_dir
 from .published import read_published_weights
@@ -57,15 +58,19 @@ def load_model(spec: str, home: str | os.PathLike | None = None, device: str = "
     Example:
         >>> model, preprocess, tokenizer = load_model("ViT-B-32@openai")
     """
+    if not spec.strip():
+        raise UserError("empty model spec")
     if spec.startswith(EMBEDDED):
         folder = model_dir(spec.removeprefix(EMBEDDED), home)
         if not (folder / WEIGHTS_FILE).is_file():
             raise UserError(f"{spec} is not built yet under {folder.parent}: run `robust-w2s pretrain`")
         loaded = load_checkpoint(folder)
-    elif spec.startswith(LOCAL_DIR) or Path(spec).is_dir():
-        loaded = load_checkpoint(spec.removeprefix(LOCAL_DIR))
+    elif spec.startswith(LOCAL_DIR) or (Path(spec).expanduser().is_dir() and open_clip.get_model_config(spec) is None):
+        loaded = load_checkpoint(Path(spec.removeprefix(LOCAL_DIR)).expanduser())
     elif spec.startswith(HF_HUB):
         loaded = _load_hub(spec)
+    elif "/" in spec.partition("@")[0]:  # a path, not an architecture: only a folder can be meant
+        raise UserError(f"checkpoint folder not found: {spec}")
     else:
         loaded = _load_open_clip(parse_spec(spec))
     model = loaded[0].to(device).eval()
@@ -80,9 +85,19 @@ def load_checkpoint(path: str | os.PathLike):
     """
     path = Path(path)
     config = read_checkpoint_config(path)
-    with _quiet_open_clip():  # it warns "initialized randomly": the weights are loaded just below
-        model = open_clip.create_model(f"{LOCAL_DIR}{path}", load_weights=False)
-    load_weights(model, path / WEIGHTS_FILE)
+    try:
+        with _quiet_open_clip():  # it warns "initialized randomly": the weights are loaded just below
+            model = open_clip.create_model(f"{LOCAL_DIR}{path}", load_weights=False)
+    except Exception as error:  # open_clip raises TypeError/KeyError/ValueError for a malformed model_cfg
+        raise UserError(f"{path / CONFIG_FILE}: open_clip cannot build its model_cfg ({_first_line(error)})") from None
+    weights = weights_file(path)
+    if weights.name == WEIGHTS_FILE:
+        load_weights(model, weights)
+    else:  # open_clip's own local-dir layout (a hub release downloaded as files)
+        state = read_published_weights(weights).state
+        check_state_dict(model, state, source=str(weights))
+        with torch.no_grad():
+            model.load_state_dict(state)
     model.rw2s_model_cfg = config["model_cfg"]
     model.rw2s_lineage = config.get("robust_w2s", {}).get("lineage")
     return model.eval(), eval_transform(model), open_clip.get_tokenizer(f"{LOCAL_DIR}{path}")
@@ -104,28 +119,44 @@ class OpenClipSpec:
 def parse_spec(spec: str) -> OpenClipSpec:
     """Parse ``NAME``, ``NAME@TAG``, ``NAME@PATH`` or ``NAME@TAG:PATH`` against open_clip's registry.
 
-    After ``@``, a known tag of NAME is a tag; ``TAG:PATH`` is a file with its lineage; anything
-    else is a file path. Raises UserError (one line) for an unknown architecture, an unknown
-    lineage tag or a missing weight file.
+    After ``@``, a known tag of NAME is a tag (matched as open_clip matches tags: case-insensitive,
+    ``-`` as ``_``); ``TAG:PATH`` is a file with its lineage; anything with a ``/`` or a file suffix
+    is a file path. Raises UserError (one line) for an unknown architecture, an unknown tag, an
+    empty tag or path, or a weight file that does not exist.
     """
-    name, _, rest = spec.partition("@")
+    name, at, rest = spec.partition("@")
     if open_clip.get_model_config(name) is None:
         raise unknown_name("open_clip model", name, open_clip.list_models())
     tags = open_clip.list_pretrained_tags_by_model(name)
-    if not rest:
+    if not at:
         return OpenClipSpec(name)
-    if rest in tags:
-        return OpenClipSpec(name, tag=rest)
+    if not rest:
+        raise UserError(f"{spec!r}: nothing after '@' (a pretrained tag, a weight file, or TAG:FILE)")
+    if _known_tag(rest, tags):
+        return OpenClipSpec(name, tag=_known_tag(rest, tags))
     tag, colon, path = rest.partition(":")
-    if colon and "/" not in tag and not Path(rest).exists():
-        if tag not in tags:
+    if colon and "/" not in tag and not Path(rest).expanduser().exists():
+        if not _known_tag(tag, tags):
             raise unknown_name(f"pretrained tag (lineage) of {name}", tag, tags)
-    else:
+        tag = _known_tag(tag, tags)
+        if not path:
+            raise UserError(f"{spec!r}: no weight file after '{tag}:'")
+    elif "/" in rest or Path(rest).suffix or Path(rest).expanduser().exists():
         tag, path = None, rest
-    if not Path(path).is_file():
-        hint = "" if "/" in rest or "." in rest else f" (nor a pretrained tag of {name}: {', '.join(tags)})"
-        raise UserError(f"weight file not found: {path}{hint}")
-    return OpenClipSpec(name, tag=tag, weights=Path(path))
+    else:
+        raise unknown_name(f"pretrained tag of {name} (or weight file)", rest, tags)
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise UserError(f"{file} is a folder, not a weight file (a checkpoint folder is a spec of its own)")
+    if not file.is_file():
+        raise UserError(f"weight file not found: {file}")
+    return OpenClipSpec(name, tag=tag, weights=file)
+
+
+def _known_tag(tag: str, tags: list[str]) -> str | None:
+    """open_clip's own spelling of ``tag`` among ``tags`` (it ignores case and reads - as _)."""
+    cleaned = tag.lower().replace("-", "_")
+    return next((t for t in tags if t.lower().replace("-", "_") == cleaned), None)
 
 
 def network_config(spec: OpenClipSpec) -> tuple[dict, dict]:
@@ -173,14 +204,24 @@ def _load_open_clip(spec: OpenClipSpec):
     if published is not None:
         with torch.no_grad():
             target.load_state_dict(published.state)
-        model.rw2s_weights_layout = published.layout
+        model.rw2s_weights = {"file": str(spec.weights.resolve()), "layout": published.layout}
+    tags = open_clip.list_pretrained_tags_by_model(spec.name)
+    if spec.weights is not None and spec.tag is None and tags:
+        logging.getLogger(__name__).warning(
+            "%s: no lineage named, so built as open_clip's %s (quick_gelu=%s, its default preprocessing); "
+            "if the weights were fine-tuned from a pretrained tag, write %s@TAG:%s (tags: %s)", spec, spec.name,
+            model_cfg["quick_gelu"], spec.name, spec.weights, ", ".join(tags))
     model.rw2s_model_cfg = model_cfg
     model.rw2s_lineage = f"{spec.name}@{spec.tag}" if spec.tag else None
     return model.eval(), eval_transform(model), open_clip.get_tokenizer(spec.name)
 
 
 def _load_hub(spec: str):
+    model_id = spec.removeprefix(HF_HUB)
     try:
+        # open_clip builds a hub model with random weights, warning only, when the config is cached
+        # but the weights are not (an interrupted download, a tokenizer fetched alone): fetch first.
+        open_clip.pretrained.download_pretrained_from_hf(model_id)
         with _quiet_open_clip():
             model = open_clip.create_model(spec)
             model_cfg = open_clip.get_model_config(spec)

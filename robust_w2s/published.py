@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ OPENAI_JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 # numpy scalars (TeCoA's best_acc1) in files written under numpy 1.x and 2.x: plain numbers.
 _NUMPY_CORE = getattr(np, "_core", None) or np.core  # renamed in numpy 2
 NUMPY_SCALARS = [(_NUMPY_CORE.multiarray.scalar, "numpy.core.multiarray.scalar"), _NUMPY_CORE.multiarray.scalar,
-                 np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32))]
+                 np.dtype, *{type(np.dtype(code)) for code in "?bhilqBHILQefdg"}]
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,9 @@ def _load(path: Path):
         except Exception as error:  # safetensors raises several types for truncated/corrupt files
             raise UserError(f"{path}: unreadable safetensors file ({error})") from None
     try:
-        with torch.serialization.safe_globals(NUMPY_SCALARS):
+        # torch warns about old pickle protocols on its way to refusing them: the refusal is the message
+        with torch.serialization.safe_globals(NUMPY_SCALARS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         unsafe = re.search(r"GLOBAL (\S+)", str(error))

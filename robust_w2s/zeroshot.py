@@ -88,7 +88,10 @@ def build_text_head(model: nn.Module, tokenizer, classnames: Sequence[str], temp
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"{_head_key(model, tokenizer, classnames, templates)}.safetensors"
         if cache_file.is_file():
-            return load_file(cache_file)["text_head"].to(device)
+            try:
+                return load_file(cache_file)["text_head"].to(device)
+            except Exception:  # noqa: BLE001 -- a truncated or foreign file: rebuilt and replaced below
+                pass
     with eval_mode(model):
         head = open_clip.build_zero_shot_classifier(
             model, tokenizer, list(classnames), list(templates), device=device, use_tqdm=progress,
@@ -102,9 +105,13 @@ def build_text_head(model: nn.Module, tokenizer, classnames: Sequence[str], temp
 
 
 def _head_key(model: nn.Module, tokenizer, classnames: Sequence[str], templates: Sequence[str]) -> str:
-    """sha256 of everything the head depends on: the text tower's tensors (every weight outside the
-    image tower, in order), the tokenizer's type and context length, class names and templates."""
+    """sha256 of everything the head depends on: the model's config and module types (GELU and
+    QuickGELU towers share their tensors' shapes and values), the text tower's tensors (every weight
+    outside the image tower, in order), the tokenizer's type and context length, class names and
+    templates."""
     digest = hashlib.sha256()
+    modules = sorted({type(m).__qualname__ for n, m in model.named_modules() if not n.startswith("visual")})
+    digest.update(json.dumps([getattr(model, "rw2s_model_cfg", None), modules], sort_keys=True, default=str).encode())
     for name, tensor in model.state_dict().items():
         if not name.startswith("visual."):
             digest.update(name.encode())

@@ -198,3 +198,96 @@ def test_bad_specs_are_one_line_exit_2(offline_hub, tmp_path, capsys):
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and named in error, (spec, error)
     assert not (tmp_path / "out").exists()
+
+
+def test_hub_model_whose_weights_are_not_cached_is_refused(source, tmp_path, monkeypatch, capsys):
+    """open_clip builds such a model with random weights, warning only; that must not pass silently."""
+    config = json.loads((next((source[1] / f"models--{FARE_HUB_ID.replace('/', '--')}").rglob(
+        "open_clip_config.json"))).read_text())
+    _place_in_hub_cache(source[1], "rw2s-test/config-only",
+                        {"open_clip_config.json": lambda p: p.write_text(json.dumps(config))})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(source[1]))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert main(["convert", "--model", "hf-hub:rw2s-test/config-only", "--output-dir", str(tmp_path / "o")]) == 2
+    assert "config-only" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_open_clips_own_local_dir_layout_loads(offline_hub, tmp_path):
+    """A hub release downloaded as files: open_clip_config.json + open_clip_pytorch_model.bin."""
+    folder = tmp_path / "release"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": {**open_clip.get_model_config("ViT-B-32"), "quick_gelu": True}, "preprocess_cfg": {}}))
+    torch.save(offline_hub.state_dict(), folder / "open_clip_pytorch_model.bin")
+    model, _, _ = load_model(str(folder))
+    assert _max_difference(model, offline_hub) <= 1e-6
+
+
+def test_convert_never_overwrites_what_is_not_a_checkpoint(offline_hub, tmp_path, capsys, monkeypatch):
+    work = tmp_path / "mywork"
+    work.mkdir()
+    (work / "notes.txt").write_text("precious")
+    weights = tmp_path / "fare.pt"
+    torch.save(dict(offline_hub.visual.state_dict()), weights)
+    monkeypatch.chdir(tmp_path)
+    for output in (str(work), str(weights), "."):
+        assert main(["convert", "--model", f"ViT-B-32@openai:{weights}", "--output-dir", output]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "not a checkpoint folder" in error
+    assert (work / "notes.txt").read_text() == "precious" and weights.is_file()
+    assert main(["convert", "--model", f"ViT-B-32@openai:{weights}", "--output-dir", "ckpt"]) == 0
+    config = json.loads((tmp_path / "ckpt" / "open_clip_config.json").read_text())["robust_w2s"]
+    assert config["file"] == str(weights) and config["layout"].startswith("image tower")
+    assert main(["convert", "--model", "local-dir:ckpt", "--output-dir", "ckpt"]) == 0  # a checkpoint is replaced
+
+
+def test_text_head_cache_tells_gelu_from_quickgelu(offline_hub, tmp_path):
+    from robust_w2s.zeroshot import build_text_head
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in offline_hub.state_dict().items()}, path)
+    gelu, _, _ = load_model(f"ViT-B-32@{path}")
+    quick, _, _ = load_model(f"ViT-B-32@openai:{path}")
+    heads = [build_text_head(m, tokenizer, ["dog", "cat"], ["a {}."], cache_dir=tmp_path / "heads")
+             for m in (gelu, quick)]
+    assert len(list((tmp_path / "heads").iterdir())) == 2
+    assert (heads[0] - heads[1]).abs().max() > 1e-4
+    (cached,) = [p for p in (tmp_path / "heads").iterdir() if p.stat().st_mtime_ns == max(
+        q.stat().st_mtime_ns for q in (tmp_path / "heads").iterdir())]
+    cached.write_bytes(cached.read_bytes()[:20])  # a truncated cache file is rebuilt, not fatal
+    assert torch.equal(build_text_head(quick, tokenizer, ["dog", "cat"], ["a {}."], cache_dir=tmp_path / "heads"),
+                       heads[1])
+
+
+def test_numpy_scalars_of_any_dtype_are_weights_only(offline_hub, tmp_path):
+    path = tmp_path / "tecoa.pth.tar"
+    torch.save({**_tecoa_payload(dict(offline_hub.visual.state_dict()), data_parallel=True),
+                "epoch": np.int64(3), "best_acc1": np.float32(0.5)}, path)
+    model, _, _ = load_model(f"ViT-B-32@openai:{path}")
+    assert _max_difference(model, offline_hub) <= 1e-6
+
+
+@pytest.mark.parametrize("spec, named", [
+    ("ViT-B-32@", "nothing after '@'"),
+    ("ViT-B-32@openai:", "no weight file after 'openai:'"),
+    ("ViT-B-32@opneai", "did you mean openai"),
+    ("/no/such/folder", "checkpoint folder not found"),
+    ("", "empty model spec"),
+])
+def test_spec_typos_are_one_line(spec, named, tmp_path, capsys):
+    assert main(["convert", "--model", spec, "--output-dir", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and named in error
+
+
+def test_tags_match_as_open_clip_matches_them():
+    assert parse_spec("ViT-B-32@OpenAI").tag == "openai"
+    assert parse_spec("ViT-B-32@laion2b-s34b-b79k").tag == "laion2b_s34b_b79k"
+
+
+def test_wrong_architecture_without_lineage_prints_only_the_error(offline_hub, tmp_path, capsys):
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in offline_hub.state_dict().items()}, path)
+    assert main(["convert", "--model", f"ViT-B-16@{path}", "--output-dir", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "mis-shaped" in error
