@@ -92,10 +92,12 @@ def attack_keywords(config: AlignConfig, plan: Plan, world_eps: float | None, de
     precision = resolve_precision(attack.precision, device)
     student = {"eps": resolve_eps(attack.eps, world_eps, "attack.eps"), "steps": attack.steps,
                "alpha": attack.alpha, "start_noise_std": attack.start_noise_std, "precision": precision}
+    if "refined_teacher_probs" not in plan.needs:
+        return student, {}
     refine = {"eps": resolve_eps(attack.refine_eps, world_eps, "attack.refine_eps"),
               "steps": attack.refine_steps, "alpha": attack.refine_alpha,
               "start_noise_std": attack.start_noise_std, "precision": precision}
-    return student, refine if "refined_teacher_probs" in plan.needs else {}
+    return student, refine
 
 
 def alignment_data(config: AlignConfig, plan: Plan, world: dict | None, home):
