@@ -95,6 +95,11 @@ def _peak_memory_gib(cuda: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def _resident_gib() -> float:
+    """The process's resident set now (Linux), to tell the step's own memory from the libraries'."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**30
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -164,6 +169,7 @@ def main() -> None:
     heads.eval()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    loaded = 0.0 if cuda else _resident_gib()  # libraries, models, pixels: before any pass
     median = _interleaved_medians({"step": step} | {f"{key} {p}": make(p) for key, make in passes.items()
                                                     for p in ("bf16", "fp32")}, args.repeats, cuda)
     peak = _peak_memory_gib(cuda)
@@ -179,12 +185,13 @@ def main() -> None:
     for key, value in median.items():
         print(f"  {key:<25} {1000 * value:9.1f} ms")
     print(f"  {'floor':<25} {1000 * total:9.1f} ms (each pass at its faster precision)")
-    print(f"  images/s {images_per_s:.1f}; peak memory {peak:.2f} GiB "
-          f"({'allocated by torch' if cuda else 'process peak resident set'}); "
+    what = "allocated by torch" if cuda else f"process peak resident set, {peak - loaded:.2f} above the loaded models"
+    print(f"  images/s {images_per_s:.1f}; peak memory {peak:.2f} GiB ({what}); "
           f"{config.train.steps} steps: {hours:.2f} h")
     names = [spec.partition("@")[0] for spec in (config.teacher, config.student)]  # no weight paths
+    machine = torch.cuda.get_device_name(device) if cuda else f"CPU, {args.threads} thread(s)"
     print(f"row=| {names[0]} | {names[1]} | {size} | {batch_size} | {m} | {n} | {attack['precision']} | "
-          f"{'bf16' if bf16_update else 'fp32'} | {checkpointing} | {args.device} | {median['step']:.3f} | "
+          f"{'bf16' if bf16_update else 'fp32'} | {checkpointing} | {machine} | {median['step']:.3f} | "
           f"{images_per_s:.1f} | {peak:.2f} | {median['step'] / total:.3f} | {hours:.3g} |")
     print(f"ratio={median['step'] / total:.3f}")
 

@@ -6,13 +6,15 @@ Prints three markdown tables (CPU autocast runs bf16 like a GPU's, with its own 
 
 1. Logits. KL(p_fp32 || p_bf16) per image between the softmax of fp32 logits and of logits whose
    image tower ran under bf16 autocast, the scaled cosine in bf16 (before issue 12) or in fp32 (as
-   ``ZeroShotClassifier`` now computes it), for the world's teacher and student on alignment images.
+   ``ZeroShotClassifier`` now computes it), for the world's teacher and students on alignment images,
+   at each model's own logit scale and at CLIP's 100.
 2. Objective. On the same alignment batches and random starts, the objective each training attack
    reaches with bf16 forwards against fp32 forwards, both scored in fp32: Adv-W2S's student PGD (CE
    against the cached teacher), TeCoA's (CE against labels), FARE's feature attack and IAR's descent.
    gap = objective(bf16) / objective(fp32) - 1 (for the ascents, negative: bf16 weaker); "gain" is
-   the same ratio of what the attack adds to the objective at the clean images.
-3. Training. Adv-W2S and TeCoA trained as the reference study trains them (configs/embedded, its
+   the same ratio of what the attack adds to the objective at the clean images; the last column is
+   the gap of fp32 from other random starts: the attack's own noise.
+3. Training. Adv-W2S, TeCoA and FARE trained as the reference study trains them (configs/embedded, its
    overrides, seeds 0..S-1) with ``attack.precision=fp32`` and ``=bf16``, evaluated as it evaluates
    (clean and PGD-20 at the world's epsilon, the same 100 seeded images per task): the study's own
    jobs, cached under ``--work`` (a repeated call redoes only what is missing). Each training is also
@@ -40,7 +42,7 @@ from robust_w2s.zeroshot import ZeroShotClassifier
 
 ROOT = Path(__file__).resolve().parent.parent
 PRECISIONS = ("fp32", "bf16")
-METHODS = ("adv-w2s", "tecoa")
+METHODS = ("adv-w2s", "tecoa", "fare")  # FARE: its feature attack is the most precision-sensitive
 
 
 def _classifier(spec: str, world: dict, home) -> ZeroShotClassifier:
@@ -56,26 +58,26 @@ def _alignment_batches(world: dict, home, transform, n_images: int, batch_size: 
 
 @torch.no_grad()
 def logits_table(classifiers: dict, batches) -> str:
-    """Table 1: KL between softmaxes of fp32 and bf16-autocast logits, scaled cosine in bf16 or fp32."""
-    rows = ["| model | logits | mean KL (nats) | max KL | argmax agrees | max abs logit difference |",
-            "|---|---|---|---|---|---|"]
+    """Table 1: KL between the softmaxes of fp32 logits and of logits whose image tower ran under bf16
+    autocast, the scaled cosine s * cos(f, W) in bf16 or in fp32, at the model's own logit scale s and at
+    CLIP's s = 100 (the world's models learned smaller scales; bf16 rounds a logit of 100 s in coarser steps)."""
+    rows = ["| model | logit scale | scaled cosine | mean KL (nats) | max KL | argmax agrees | "
+            "max abs logit difference |", "|---|---|---|---|---|---|---|"]
     for name, classifier in classifiers.items():
-        fp32, bf16_head, fp32_head = [], [], []
-        for pixels, _ in batches:
-            fp32.append(classifier(pixels))
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                features = classifier.image_features(pixels)
-                # The head as it was before issue 12: its matmul under autocast, logits rounded to bf16.
-                bf16_head.append((classifier.model.logit_scale.exp() * features
-                                  @ classifier.text_head.to(features.dtype)).float())
-                fp32_head.append(classifier(pixels))
-        reference = torch.cat(fp32)
-        for label, logits in (("bf16 tower, bf16 cosine", torch.cat(bf16_head)),
-                              ("bf16 tower, fp32 cosine", torch.cat(fp32_head))):
-            kl = (reference.softmax(-1) * (reference.log_softmax(-1) - logits.log_softmax(-1))).sum(-1)
-            agree = (reference.argmax(-1) == logits.argmax(-1)).float().mean()
-            rows.append(f"| {name} | {label} | {kl.mean():.2e} | {kl.max():.2e} | {100 * agree:.1f}% | "
-                        f"{(reference - logits).abs().max():.3f} |")
+        head = classifier.text_head
+        fp32 = torch.cat([classifier.image_features(pixels) for pixels, _ in batches])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = torch.cat([classifier.image_features(pixels) for pixels, _ in batches])
+        for scale in (classifier.model.logit_scale.exp(), torch.tensor(100.0)):  # 0-d, as open_clip's
+            reference = scale * fp32 @ head
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # the head before issue 12: its matmul in bf16
+                bf16_cosine = (scale * bf16 @ head.to(bf16.dtype)).float()
+            fp32_cosine = scale * bf16.float() @ head  # as ZeroShotClassifier computes it now
+            for label, logits in (("bf16", bf16_cosine), ("fp32", fp32_cosine)):
+                kl = (reference.softmax(-1) * (reference.log_softmax(-1) - logits.log_softmax(-1))).sum(-1)
+                agree = (reference.argmax(-1) == logits.argmax(-1)).float().mean()
+                rows.append(f"| {name} | {scale.item():.1f} | {label} | {kl.mean():.2e} | {kl.max():.2e} | "
+                            f"{100 * agree:.1f}% | {(reference - logits).abs().max():.3f} |")
     return "\n".join(rows)
 
 
@@ -92,17 +94,13 @@ class _Features(torch.nn.Module):
 
 def _attacks(student, teacher, eps: float) -> dict:
     """name -> (target(pixels, labels), attacked module, objective name, attack(pixels, target, precision,
-    generator)): each training attack of the alignment methods, as the loop runs it."""
+    generator)): the student's training attacks of the alignment methods, as the loop runs them."""
     features = _Features(student)
 
     def student_pgd(module, objective, steps, alpha=None):
         return lambda x, target, precision, generator: pgd(
             module, x, target, eps=eps, steps=steps, alpha=alpha, objective=objective, start_noise_std=0.001,
             generator=generator, precision=precision)
-
-    def iar(x, target, precision, generator):
-        return inverse_adversarial(teacher, x, eps=eps, steps=2, prediction=target, start_noise_std=0.001,
-                                   generator=generator, precision=precision)
 
     def soft(x, _):
         return teacher_probs(teacher, x)  # the cached target p_T(x)
@@ -112,29 +110,43 @@ def _attacks(student, teacher, eps: float) -> dict:
             (soft, student, "ce", student_pgd(student, "ce", 10, eps / 2)),
         "TeCoA PGD, m=3": (lambda x, labels: labels, student, "ce", student_pgd(student, "ce", 3)),
         "FARE feature PGD, m=3": (lambda x, _: features(x), features, "l2", student_pgd(features, "l2", 3)),
-        "IAR teacher refinement, n=2 (descent)": (lambda x, _: teacher(x).argmax(-1), teacher, "ce", iar),
     }
 
 
+def _refinement(teacher, eps: float) -> dict:
+    """IAR's descent on the teacher towards its own prediction (n=2), in the same form as ``_attacks``."""
+    def iar(x, target, precision, generator):
+        return inverse_adversarial(teacher, x, eps=eps, steps=2, prediction=target, start_noise_std=0.001,
+                                   generator=generator, precision=precision)
+
+    def prediction(x, _):
+        return teacher(x).argmax(-1)  # M(p_T(x)), as the cache gives it
+    return {"IAR refinement, n=2 (descent: lower is stronger)": (prediction, teacher, "ce", iar)}
+
+
 def objective_table(students: dict, teacher, batches, eps: float) -> str:
-    """Table 2: the objective each training attack reaches in bf16 against fp32, on the same batches."""
-    rows = ["| student | attack | clean | fp32 | bf16 | gap | gain bf16 / gain fp32 |", "|---|---|---|---|---|---|---|"]
-    for student_name, student in students.items():
-        for name, (make_target, module, objective_name, attack) in _attacks(student, teacher, eps).items():
-            objective = OBJECTIVES[objective_name]
-            totals = {"clean": 0.0, "fp32": 0.0, "bf16": 0.0}
-            for index, (pixels, labels) in enumerate(batches):
-                with torch.no_grad():
-                    target = make_target(pixels, labels)
-                    totals["clean"] += objective(module(pixels), target).item()
-                for precision in PRECISIONS:  # the same random start for both precisions
-                    found = attack(pixels, target, precision, torch.Generator().manual_seed(index))
-                    with torch.no_grad():  # scored in fp32
-                        totals[precision] += objective(module(found), target).item()
-            gap = totals["bf16"] / totals["fp32"] - 1
-            gain = (totals["bf16"] - totals["clean"]) / (totals["fp32"] - totals["clean"])
-            rows.append(f"| {student_name} | {name} | {totals['clean']:.2f} | {totals['fp32']:.2f} | "
-                        f"{totals['bf16']:.2f} | {100 * gap:+.2f}% | {gain:.4f} |")
+    """Table 2: the objective each training attack reaches in bf16 against fp32, on the same batches and
+    random starts; "fp32, other starts" is fp32 again from other random starts: the attack's own noise."""
+    rows = ["| attacked | attack | clean | fp32 | bf16 | gap | gain bf16 / gain fp32 | gap of fp32, other starts |",
+            "|---|---|---|---|---|---|---|---|"]
+    runs = [(name, attack) for name, student in students.items() for attack in _attacks(student, teacher, eps).items()]
+    runs += [("weak-robust (teacher)", attack) for attack in _refinement(teacher, eps).items()]
+    for attacked, (name, (make_target, module, objective_name, attack)) in runs:
+        objective = OBJECTIVES[objective_name]
+        totals = {"clean": 0.0, "fp32": 0.0, "bf16": 0.0, "other": 0.0}
+        for index, (pixels, labels) in enumerate(batches):
+            with torch.no_grad():
+                target = make_target(pixels, labels)
+                totals["clean"] += objective(module(pixels), target).item()
+            for key, precision, seed in (("fp32", "fp32", index), ("bf16", "bf16", index),
+                                         ("other", "fp32", index + len(batches))):
+                found = attack(pixels, target, precision, torch.Generator().manual_seed(seed))
+                with torch.no_grad():  # scored in fp32
+                    totals[key] += objective(module(found), target).item()
+        gap = totals["bf16"] / totals["fp32"] - 1
+        gain = (totals["bf16"] - totals["clean"]) / (totals["fp32"] - totals["clean"])
+        rows.append(f"| {attacked} | {name} | {totals['clean']:.2f} | {totals['fp32']:.2f} | {totals['bf16']:.2f} | "
+                    f"{100 * gap:+.2f}% | {gain:.4f} | {100 * (totals['other'] / totals['fp32'] - 1):+.2f}% |")
     return "\n".join(rows)
 
 
@@ -168,7 +180,8 @@ def _accuracies(folder: str, task: str | None = None) -> tuple[float, float]:
 def training_table(jobs: dict, seeds: int, alignment_task: str) -> str:
     """Table 3: mean +- std over seeds of clean and PGD-20 accuracy, bf16 - fp32 and its standard error."""
     def cell(values):
-        return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+        spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
+        return f"{statistics.mean(values):.1f}{spread}"
 
     rows = [f"| method | tasks | attacks | clean % | robust % | training s |", "|---|---|---|---|---|---|"]
     for method in METHODS:
@@ -186,6 +199,17 @@ def training_table(jobs: dict, seeds: int, alignment_task: str) -> str:
                 differences.append(f"{statistics.mean(b) - statistics.mean(f):+.1f} (s.e. {error:.1f})")
             rows.append(f"| {method} | {task or 'mean of all'} | bf16 - fp32 | {differences[0]} | {differences[1]} | |")
     return "\n".join(rows)
+
+
+def study_agreement(jobs: dict, seeds: int, results: Path) -> str:
+    """How many per-task (clean, robust) results of the fp32 runs equal those of the committed study
+    (``docs/results.json``, the same jobs before ``attack.precision`` existed)."""
+    study = {(r["model"], r["result"]["dataset"]): (r["result"]["clean_acc"], r["result"]["robust_acc"])
+             for r in json.loads(results.read_text())["records"] if r["kind"] == "main"}
+    mine = {(f"{method}/seed{seed}", r.dataset): (r.clean_acc, r.robust_acc)
+            for method in METHODS for seed in range(seeds) for r in load_records(jobs[method, "fp32", seed][1].folder)}
+    same = sum(study.get(key) == value for key, value in mine.items())
+    return f"fp32 runs against {results.relative_to(ROOT)}: {same} of {len(mine)} per-task results identical"
 
 
 def main() -> None:
@@ -217,6 +241,8 @@ def main() -> None:
     print(objective_table(students, teacher, batches, eps))
     print(f"\n## 3. Training, {args.seeds} seeds (clean and PGD-20 accuracy, {FULL.n_eval} images per task)\n")
     print(training_table(jobs, args.seeds, world["alignment_task"]))
+    if world["fingerprint"] == json.loads((ROOT / "docs" / "results.json").read_text())["world"]["fingerprint"]:
+        print(f"\n{study_agreement(jobs, args.seeds, ROOT / 'docs' / 'results.json')}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ class AttackSettings:
     refine_alpha: float | str | None = None  # refinement step size; None: 2.5 * refine_eps / refine_steps
     precision: str = "auto"              # forwards of every training attack (student PGD, IAR, baselines'):
     # "bf16" autocast with fp32 loss and input gradient, "fp32", or "auto": bf16 on CUDA, fp32 on CPU
-    # (CPU bf16 is no faster there and the embedded world's numbers stay fp32's; docs/precision.md)
+    # (on CPUs bf16 autocast is slower, and the embedded world's numbers stay fp32's; docs/precision.md)
 
 
 @dataclass
@@ -62,8 +62,8 @@ class TrainSettings:
     log_every: int = 1                   # JSONL log line every N steps
     device: str = "auto"                 # "auto" (cuda if available), "cpu", "cuda"
     bf16: bool = True                    # bf16 autocast for the update's forward on GPU (attacks: attack.precision)
-    grad_checkpointing: bool = False     # recompute the student image tower's activations in backward:
-    # less memory (ViT-L/14 at batch 128 on a 40 GB card), about one more forward per gradient pass
+    grad_checkpointing: bool = False     # recompute the student image tower's activations in each backward:
+    # less activation memory for one more forward per gradient pass (measured: docs/hardware.md)
 
 
 @dataclass

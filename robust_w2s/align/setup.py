@@ -198,8 +198,9 @@ def _side(size) -> int:
 def teacher_cache(teacher: ZeroShotClassifier, view: PixelView, dist: Dist, *, batch_size: int = 256,
                   workers: int = 0) -> torch.Tensor:
     """p_T(x) for every alignment image, [N, K] float32 on the CPU: the teacher is frozen, so its
-    clean outputs are computed once, before training, and read per batch (in fp32, like IAR's target). Under DDP each process
-    computes one contiguous shard and the shards are gathered, so every process holds all of it."""
+    clean outputs are computed once, before training, and read per batch (``teacher_probs``: fp32, as
+    IAR's target). Under DDP each process computes one contiguous shard and the shards are gathered,
+    so every process holds all of it."""
     teacher.eval()
     shard = -(-len(view) // dist.world_size)  # ceil: every shard has the same length for all_gather
     indices = range(dist.rank * shard, min(len(view), (dist.rank + 1) * shard))
