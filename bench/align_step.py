@@ -116,7 +116,8 @@ def main() -> None:
     device, kind = torch.device(args.device), args.device.split(":")[0]
     config_path = args.config or ROOT / "configs" / ("paper" if cuda else "embedded") / "adv-w2s.yaml"
     config = load_config(config_path, args.overrides)
-    method = Plan.build(config.method).at(0)
+    plan = Plan.build(config.method)
+    method = plan.at(0)
     if not method.needs <= BENCHED_INPUTS:
         parser.error(f"the bench feeds no labels and no frozen student; {method.name} needs "
                      f"{sorted(method.needs - BENCHED_INPUTS)}")
@@ -129,7 +130,7 @@ def main() -> None:
     teacher = ZeroShotClassifier(teacher_model, teacher_tokenizer, CLASSNAMES, ["a photo of a {}."])
     heads = StudentHeads(ZeroShotClassifier(student_model, tokenizer, CLASSNAMES, ["a photo of a {}."]))
     world_eps = (read_world(args.home, required=False) or {}).get("epsilon", WorldConfig.epsilon)
-    attack, refine = attack_keywords(config, Plan.build(config.method), world_eps, device)
+    attack, refine = attack_keywords(config, plan, world_eps, device)
     size = open_clip.get_model_preprocess_cfg(student_model)["size"]
     size = size if isinstance(size, int) else size[0]
     batch_size, m, n = config.train.batch_size, attack["steps"], refine.get("steps", 0)

@@ -51,7 +51,7 @@ def _classifier(spec: str, world: dict, home) -> ZeroShotClassifier:
     return ZeroShotClassifier(model, tokenizer, world["classnames"][task], world["templates"][task]).eval()
 
 
-def _alignment_batches(world: dict, home, transform, n_images: int, batch_size: int):
+def _alignment_batches(home, transform, n_images: int, batch_size: int):
     dataset = load_image_dataset(f"{EMBEDDED}{ALIGNMENT_SPLIT}", home=home)
     return list(iterate_batches(dataset.select(range(n_images)), transform, batch_size))
 
@@ -183,7 +183,7 @@ def training_table(jobs: dict, seeds: int, alignment_task: str) -> str:
         spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
         return f"{statistics.mean(values):.1f}{spread}"
 
-    rows = [f"| method | tasks | attacks | clean % | robust % | training s |", "|---|---|---|---|---|---|"]
+    rows = ["| method | tasks | attacks | clean % | robust % | training s |", "|---|---|---|---|---|---|"]
     for method in METHODS:
         for task in (None, alignment_task):
             per = {p: [_accuracies(jobs[method, p, s][1].folder, task) for s in range(seeds)] for p in PRECISIONS}
@@ -199,6 +199,19 @@ def training_table(jobs: dict, seeds: int, alignment_task: str) -> str:
                 differences.append(f"{statistics.mean(b) - statistics.mean(f):+.1f} (s.e. {error:.1f})")
             rows.append(f"| {method} | {task or 'mean of all'} | bf16 - fp32 | {differences[0]} | {differences[1]} | |")
     return "\n".join(rows)
+
+
+def paired_differences(jobs: dict, seeds: int) -> str:
+    """The bf16 run against the fp32 run of the same seed (same batches, same attack starts), per task."""
+    differences = []
+    for method in METHODS:
+        for seed in range(seeds):
+            fp32, bf16 = ({r.dataset: r for r in load_records(jobs[method, p, seed][1].folder)} for p in PRECISIONS)
+            differences += [(round(100 * abs(bf16[t].clean_acc - fp32[t].clean_acc)),
+                             round(100 * abs(bf16[t].robust_acc - fp32[t].robust_acc))) for t in fp32]
+    return (f"bf16 against fp32 run of the same seed, per task: at most {max(c for c, _ in differences)} (clean) "
+            f"and {max(r for _, r in differences)} (robust) of {FULL.n_eval} images differ; "
+            f"{sum(d == (0, 0) for d in differences)} of {len(differences)} results identical")
 
 
 def study_agreement(jobs: dict, seeds: int, results: Path) -> str:
@@ -233,7 +246,7 @@ def main() -> None:
     students = {"strong (the start of training)": _classifier(model_spec("strong"), world, args.home),
                 "Adv-W2S fp32, seed 0 (its end)": _classifier(
                     str(Path(jobs["adv-w2s", "fp32", 0][0].folder) / "checkpoint"), world, args.home)}
-    batches = _alignment_batches(world, args.home, eval_transform(teacher.model, normalize=False), args.images,
+    batches = _alignment_batches(args.home, eval_transform(teacher.model, normalize=False), args.images,
                                  batch_size=64)
     print(f"## 1. Logits ({args.images} alignment images)\n")
     print(logits_table({"weak-robust (teacher)": teacher, **students}, batches))
@@ -241,6 +254,7 @@ def main() -> None:
     print(objective_table(students, teacher, batches, eps))
     print(f"\n## 3. Training, {args.seeds} seeds (clean and PGD-20 accuracy, {FULL.n_eval} images per task)\n")
     print(training_table(jobs, args.seeds, world["alignment_task"]))
+    print(f"\n{paired_differences(jobs, args.seeds)}")
     if world["fingerprint"] == json.loads((ROOT / "docs" / "results.json").read_text())["world"]["fingerprint"]:
         print(f"\n{study_agreement(jobs, args.seeds, ROOT / 'docs' / 'results.json')}")
 
