@@ -1,4 +1,4 @@
-"""Helpers shared by the attacks: model mode, fp32 forward passes, norms and projection."""
+"""Helpers shared by the attacks: model mode, forward passes at a precision, norms and projection."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import torch
 from torch import Tensor, nn
 
 NORMS = ("linf", "l2")
+# Forward-pass precisions of an attack: "fp32" for evaluations (DESIGN.md section 3); "bf16" for
+# training-time attacks, which reach the hardware floor at real scale (issue 12).
+PRECISIONS = ("fp32", "bf16")
 
 
 def check_norm(norm: str) -> str:
@@ -34,10 +37,23 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = flag
 
 
-def forward_fp32(model: nn.Module, images: Tensor) -> Tensor:
-    """``model(images)`` on float32 inputs with autocast off, so attack gradients are fp32."""
-    with torch.autocast(device_type=images.device.type, enabled=False):
-        return model(images.to(torch.float32))
+def check_precision(precision: str) -> str:
+    """Return ``precision`` if it is one of ``PRECISIONS``; otherwise raise ValueError naming them."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(map(repr, PRECISIONS))}")
+    return precision
+
+
+def forward_at(model: nn.Module, images: Tensor, precision: str) -> Tensor:
+    """``model(images)`` on float32 inputs, returned in float32, whatever autocast the caller set.
+
+    "fp32": autocast off, every operation in fp32. "bf16": under bf16 autocast (matmuls and
+    convolutions in bf16, which has fp32's exponent range: no underflow), the output cast to fp32
+    before any objective reads it. Either way the input is fp32, so its gradient is fp32.
+    """
+    with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        output = model(images.to(torch.float32))
+    return output.float()
 
 
 def per_sample(values: Tensor, like: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import torchattacks
 from torch import Tensor, nn
 
-from ._common import check_norm, eval_mode, forward_fp32, project
+from ._common import check_norm, eval_mode, forward_at, project
 from ._registry import Registry
 from .eps import parse_eps
 
@@ -139,7 +139,7 @@ class _Fp32Model(nn.Module):
         self.training = False
 
     def forward(self, images: Tensor) -> Tensor:
-        return forward_fp32(self.model, images).to(torch.float32)
+        return forward_at(self.model, images, "fp32")
 
 
 class _APGDT(torchattacks.APGDT):

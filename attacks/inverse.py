@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._common import eval_mode, forward_fp32
+from ._common import eval_mode, forward_at
 from .objectives import cross_entropy
 from .pgd import pgd
 
@@ -20,6 +20,7 @@ def inverse_adversarial(
     generator: torch.Generator | None = None,
     prediction: Tensor | None = None,
     start_noise_std: float | None = None,
+    precision: str = "fp32",
 ) -> Tensor:
     """Move ``images`` TOWARDS the model's own prediction, making it more confident.
 
@@ -38,6 +39,7 @@ def inverse_adversarial(
         prediction: the model's clean labels [B] if already known (e.g. argmax of cached
             teacher probabilities): saves one forward pass; default argmax model(images).
         start_noise_std: start from x + std * N(0, I) instead of a uniform point (see ``pgd``).
+        precision: of the forward passes, "fp32" or "bf16" (see ``pgd``).
 
     Returns:
         Refined images, detached, shape and dtype of ``images``, within eps of them, in [0, 1].
@@ -51,7 +53,7 @@ def inverse_adversarial(
     """
     if prediction is None:
         with eval_mode(model), torch.no_grad():
-            prediction = forward_fp32(model, images).argmax(dim=-1)
+            prediction = forward_at(model, images, precision).argmax(dim=-1)
     return pgd(
         model,
         images,
@@ -64,4 +66,5 @@ def inverse_adversarial(
         descend=True,
         generator=generator,
         start_noise_std=start_noise_std,
+        precision=precision,
     )

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ._common import check_norm, eval_mode, forward_fp32, l2_norms, per_sample, project
+from ._common import check_norm, check_precision, eval_mode, forward_at, l2_norms, per_sample, project
 from .eps import parse_eps
 from .objectives import OBJECTIVES, cross_entropy
 
@@ -34,6 +34,7 @@ def pgd(
     descend: bool = False,
     generator: torch.Generator | None = None,
     start_noise_std: float | None = None,
+    precision: str = "fp32",
 ) -> Tensor:
     """PGD on ``objective(model(x'), target)`` within ``||x' - images|| <= eps``, x' in [0, 1].
 
@@ -47,8 +48,9 @@ def pgd(
 
     Args:
         model: maps [B, C, H, W] images in [0, 1] to an output ([B, K] logits or [B, D]
-            features). Run in eval mode, fp32, autocast off; its train/eval flags are
-            restored afterwards and no ``.grad`` is accumulated on its parameters.
+            features). Run in eval mode at ``precision``, whatever autocast the caller set;
+            its train/eval flags are restored afterwards and no ``.grad`` is accumulated on
+            its parameters.
         images: [B, C, H, W] in [0, 1], any float dtype.
         target: what ``objective`` compares the output with (labels [B], probabilities
             [B, K], features [B, D]).
@@ -65,6 +67,9 @@ def pgd(
             (e.g. each training step) to get a different start each call.
         start_noise_std: if given, start from x + start_noise_std * N(0, I) (projected onto
             the ball, clamped to [0, 1]) instead of the ``random_start`` rule; 0 starts at x.
+        precision: of the model's forward passes. "fp32" (autocast off) for evaluations;
+            "bf16" (bf16 autocast) for training-time attacks (DESIGN.md section 3). The
+            output, the objective and the input gradient are fp32 either way.
 
     Returns:
         Adversarial images, detached, with the shape and dtype of ``images``.
@@ -77,6 +82,7 @@ def pgd(
         True
     """
     norm = check_norm(norm)
+    precision = check_precision(precision)
     eps = parse_eps(eps, upper=1.0 if norm == "linf" else None)
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
@@ -100,7 +106,7 @@ def pgd(
             adversarial = _random_start(clean, eps, norm, generator) if random_start else clean
         for _ in range(steps):
             adversarial = adversarial.detach().requires_grad_(True)
-            loss = objective(forward_fp32(model, adversarial), target)
+            loss = objective(forward_at(model, adversarial, precision), target)
             if loss.dim() != 0:
                 raise ValueError(f"objective must return a scalar, got shape {tuple(loss.shape)}")
             # Gradient w.r.t. x' equals the gradient w.r.t. the perturbation x' - x;

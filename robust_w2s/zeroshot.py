@@ -34,7 +34,8 @@ class ZeroShotClassifier(nn.Module):
         classnames: K class names; templates: format strings with one ``{}``.
         text_head: optional precomputed [D, K] head (e.g. from another model's text tower).
         head_cache: optional folder where the text head is cached (see :func:`build_text_head`).
-    Input: float [B, 3, H, W] in [0, 1] at the model's image size. Output: float [B, K].
+    Input: float [B, 3, H, W] in [0, 1] at the model's image size. Output: float32 [B, K], also
+    under autocast (the image tower then runs in bf16, the scaled cosine in fp32).
 
     Example:
         >>> clf = ZeroShotClassifier(model, tokenizer, ["cat", "dog"], ["a photo of a {}."])
@@ -61,7 +62,10 @@ class ZeroShotClassifier(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         features = self.image_features(pixels)
-        return self.model.logit_scale.exp() * features @ self.text_head.to(features.dtype)
+        # The scaled cosine in fp32 even under autocast: bf16 logits of scale ~100 would be rounded
+        # in steps of 0.25-0.5 before any loss or attack objective reads them (docs/precision.md).
+        with torch.autocast(pixels.device.type, enabled=False):
+            return self.model.logit_scale.exp() * features.float() @ self.text_head.float()
 
 
 TEXTS_PER_BATCH = 1024  # the text tower's batch: bounds the head's memory whatever K x templates

@@ -12,6 +12,7 @@ import json
 
 import torch
 
+from robust_w2s.align.inputs import teacher_probs
 from robust_w2s.align.methods import entropy, eur_weights
 from robust_w2s.attacks import inverse_adversarial
 from robust_w2s.data import iterate_batches, load_image_dataset
@@ -20,11 +21,6 @@ from robust_w2s.models import eval_transform, load_model
 from robust_w2s.zeroshot import ZeroShotClassifier
 
 from .plan import NATURAL_TEACHER, ROBUST_TEACHER
-
-
-@torch.no_grad()
-def _probs(teacher, pixels):
-    return teacher(pixels).float().softmax(dim=-1)
 
 
 def diagnose_teacher(spec: str, world: dict, *, home=None, n_samples: int = 2048, refine_steps: int = 2,
@@ -39,11 +35,11 @@ def diagnose_teacher(spec: str, world: dict, *, home=None, n_samples: int = 2048
     generator = torch.Generator().manual_seed(seed)
     clean, refined, labels = [], [], []
     for pixels, label in iterate_batches(dataset, transform, 256):
-        probs = _probs(teacher, pixels)
+        probs = teacher_probs(teacher, pixels)
         moved = inverse_adversarial(teacher, pixels, eps=world["epsilon"], steps=refine_steps,
                                     prediction=probs.argmax(dim=-1), generator=generator)
         clean.append(probs)
-        refined.append(_probs(teacher, moved))
+        refined.append(teacher_probs(teacher, moved))
         labels.append(label)
     clean, refined, labels = torch.cat(clean), torch.cat(refined), torch.cat(labels)
     right = clean.argmax(dim=-1) == labels

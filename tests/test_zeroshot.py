@@ -42,6 +42,20 @@ def test_logits_are_scaled_cosines_with_the_models_own_scale(tiny_model):
         assert torch.allclose(classifier(pixels), 2 * logits, atol=1e-4)
 
 
+def test_under_autocast_the_tower_runs_in_bf16_and_the_scaled_cosine_in_fp32(tiny_model):
+    """Logits of scale ~100 rounded to bf16 move in steps of 0.25-0.5: losses must read fp32 ones."""
+    model, tokenizer = tiny_model
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(100.0))
+    classifier = ZeroShotClassifier(model, tokenizer, CLASSES, TEMPLATES)
+    pixels = torch.rand(5, 3, 16, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = classifier(pixels)
+        features = classifier.image_features(pixels)
+    assert features.dtype == torch.bfloat16 and logits.dtype == torch.float32
+    assert torch.equal(logits, model.logit_scale.exp() * features.float() @ classifier.text_head)
+
+
 def test_text_head_is_unit_norm_mean_of_template_embeddings(tiny_model):
     model, tokenizer = tiny_model
     head = build_text_head(model, tokenizer, CLASSES, TEMPLATES)

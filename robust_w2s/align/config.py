@@ -37,6 +37,9 @@ class AttackSettings:
     refine_eps: float | str = "world"    # IAR: radius of the teacher's inverse-adversarial ball
     refine_steps: int = 2                # n: PGD descent steps of the teacher refinement
     refine_alpha: float | str | None = None  # refinement step size; None: 2.5 * refine_eps / refine_steps
+    precision: str = "auto"              # forwards of every training attack (student PGD, IAR, baselines'):
+    # "bf16" autocast with fp32 loss and input gradient, "fp32", or "auto": bf16 on CUDA, fp32 on CPU
+    # (on CPUs bf16 autocast is slower, and the embedded world's numbers stay fp32's; docs/precision.md)
 
 
 @dataclass
@@ -58,7 +61,9 @@ class TrainSettings:
     eval_every: int = 50                 # zero-shot check every N steps (0: only at the end)
     log_every: int = 1                   # JSONL log line every N steps
     device: str = "auto"                 # "auto" (cuda if available), "cpu", "cuda"
-    bf16: bool = True                    # bf16 autocast for forward passes on GPU (attacks stay fp32)
+    bf16: bool = True                    # bf16 autocast for the update's forward on GPU (attacks: attack.precision)
+    grad_checkpointing: bool = False     # recompute the student image tower's activations in each backward:
+    # less activation memory for one more forward per gradient pass (measured: docs/hardware.md)
 
 
 @dataclass

@@ -31,6 +31,14 @@ class StudentHeads(nn.Module):
         return self.classifier(pixels)
 
 
+@torch.no_grad()
+def teacher_probs(teacher: nn.Module, pixels: Tensor) -> Tensor:
+    """p_T(pixels) [B, K] in fp32, autocast off: the cached target p_T(x) and IAR's p_T(x~) are both
+    computed here, so a run's two teacher targets differ only by their input, never by precision."""
+    with torch.autocast(pixels.device.type, enabled=False):
+        return teacher(pixels.float()).float().softmax(dim=-1)
+
+
 class FeaturesOf(nn.Module):
     """``heads`` seen as pixels -> raw features: the module a feature-space attack (FARE) attacks."""
 
@@ -51,8 +59,8 @@ class Models:
     teacher: ZeroShotClassifier | None       # T, frozen (None if no method needs it)
     teacher_cache: Tensor | None             # p_T(x) of every alignment image [N, K], on the CPU
     entropy_median: Tensor | None            # kappa over the alignment set, computed once
-    attack: dict                             # pgd keywords of the student attack (eps, alpha, steps, start)
-    refine: dict                             # inverse_adversarial keywords of IAR (eps, alpha, steps, start)
+    attack: dict                             # pgd keywords of the student attack (eps, alpha, steps, start, precision)
+    refine: dict                             # inverse_adversarial keywords of IAR (the same keys)
     attack_rng: torch.Generator              # random starts of the student attack
     refine_rng: torch.Generator              # random starts of the teacher refinement
 
@@ -116,8 +124,7 @@ class StepInputs(Mapping):
         prediction = self.batch.teacher_probs.argmax(dim=-1)  # M(p_T(x)) from the cache: no extra pass
         refined = inverse_adversarial(m.teacher, self.batch.images, prediction=prediction,
                                       generator=m.refine_rng, **m.refine)
-        with torch.no_grad():
-            return m.teacher(refined).float().softmax(dim=-1)
+        return teacher_probs(m.teacher, refined)
 
     def _adv_images(self):
         """x': PGD maximizing the method's own attack objective against its declared target."""

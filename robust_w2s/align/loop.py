@@ -22,7 +22,7 @@ from .check import ZeroShotCheck
 from .config import AlignConfig
 from .inputs import Batch, Models, StepInputs
 from .methods import Method, Plan
-from .setup import Optimization, batches, prepare, setup_distributed
+from .setup import Optimization, batches, prepare, setup_distributed, update_in_bf16
 from .state import RunLog, can_resume, restore, save_run
 
 DEPENDS_ON_FILE = "depends_on"  # train_or_resume: what the run was made for, beyond its config
@@ -58,7 +58,7 @@ def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume:
     bar = tqdm(total=run.steps, initial=start, disable=not dist.is_main, desc=config.method.name, unit="step")
     stream = batches(session.view, batch_size=run.batch_size, seed=run.seed, dist=dist, start_step=start,
                      workers=config.data.workers)
-    bf16 = run.bf16 and dist.device.type == "cuda"
+    bf16 = update_in_bf16(config, dist.device)
     for step, position, items in stream:
         if step >= run.steps:
             break
@@ -118,7 +118,7 @@ def train_step(method: Method, batch: Batch, models: Models, optimization: Optim
 
     The per-step schedule update is the caller's. ``bench/align_step.py`` times this function.
     """
-    # Forward: the method's loss; its inputs (attacks included, in fp32) computed on demand.
+    # Forward: the method's loss; its inputs computed on demand (attacks at their own precision).
     model = optimization.model
     model.visual.train()
     with torch.autocast(batch.images.device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -18,13 +18,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..attacks import parse_eps
+from ..attacks import PRECISIONS, parse_eps
 from ..data import class_names, decode_image, load_image_dataset
-from ..errors import UserError
+from ..errors import UserError, unknown_name
+from ..layout import text_head_cache
 from ..models import eval_transform, load_model
 from ..zeroshot import ZeroShotClassifier
 from .config import AlignConfig, OptimSettings
-from .inputs import Models, StudentHeads
+from .inputs import Models, StudentHeads, teacher_probs
 from .methods import Plan, entropy
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
@@ -66,6 +67,38 @@ def resolve_eps(value, world_eps: float | None, key: str) -> float:
         return parse_eps(value)
     except ValueError as error:
         raise UserError(f"{key}: {error}") from None
+
+
+def resolve_precision(value: str, device: torch.device) -> str:
+    """The training attacks' forward precision from ``attack.precision``: "bf16" or "fp32" as given,
+    "auto" bf16 on CUDA (the hardware floor) and fp32 elsewhere (docs/precision.md)."""
+    if value == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if value not in PRECISIONS:
+        raise unknown_name("attack.precision", value, ("auto", *PRECISIONS))
+    return value
+
+
+def update_in_bf16(config: AlignConfig, device: torch.device) -> bool:
+    """Whether the update's forward (the loss's own passes) runs under bf16 autocast: ``train.bf16``,
+    on CUDA only (attacks follow ``attack.precision``)."""
+    return config.train.bf16 and device.type == "cuda"
+
+
+def attack_keywords(config: AlignConfig, plan: Plan, world_eps: float | None, device: torch.device):
+    """(``pgd`` keywords of the student attack, ``inverse_adversarial`` keywords of IAR): radii
+    resolved against the world, both at ``attack.precision``; IAR's ``{}`` unless a method of the
+    plan declares it. Raises UserError for a bad radius or precision."""
+    attack = config.attack
+    precision = resolve_precision(attack.precision, device)
+    student = {"eps": resolve_eps(attack.eps, world_eps, "attack.eps"), "steps": attack.steps,
+               "alpha": attack.alpha, "start_noise_std": attack.start_noise_std, "precision": precision}
+    if "refined_teacher_probs" not in plan.needs:
+        return student, {}
+    refine = {"eps": resolve_eps(attack.refine_eps, world_eps, "attack.refine_eps"),
+              "steps": attack.refine_steps, "alpha": attack.refine_alpha,
+              "start_noise_std": attack.start_noise_std, "precision": precision}
+    return student, refine
 
 
 def alignment_data(config: AlignConfig, plan: Plan, world: dict | None, home):
@@ -127,12 +160,21 @@ def batches(view: PixelView, *, batch_size: int, seed: int, dist: Dist, start_st
             step, position = step + 1, position + 1
 
 
-def load_student(spec: str, *, home, device, classnames, templates):
+def load_student(spec: str, *, home, device, classnames, templates, grad_checkpointing: bool = False):
     """(open_clip model, tokenizer, classifier): image tower trainable, text tower frozen."""
     model, _, tokenizer = load_model(spec, home=home, device=str(device))
+    train_image_tower(model, grad_checkpointing)
+    return model, tokenizer, ZeroShotClassifier(model, tokenizer, classnames, templates,
+                              head_cache=text_head_cache(home))
+
+
+def train_image_tower(model: nn.Module, grad_checkpointing: bool) -> None:
+    """Make only ``model.visual`` trainable; with ``grad_checkpointing``, its transformer blocks keep no
+    activations and recompute them in every backward (open_clip's ``set_grad_checkpointing``), in
+    the attacks' input-gradient passes as in the update."""
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith("visual."))
-    return model, tokenizer, ZeroShotClassifier(model, tokenizer, classnames, templates)
+    model.visual.set_grad_checkpointing(grad_checkpointing)
 
 
 def load_frozen(model, classifier: ZeroShotClassifier) -> ZeroShotClassifier:
@@ -147,7 +189,8 @@ def load_teacher(spec: str, *, home, device, classnames, templates, image_size) 
     teacher_size = eval_transform(model, normalize=False).transforms[0].size
     if _side(teacher_size) != _side(image_size):
         raise UserError(f"teacher {spec} takes {teacher_size} images, the student {image_size}: they must match")
-    return ZeroShotClassifier(model, tokenizer, classnames, templates)
+    return ZeroShotClassifier(model, tokenizer, classnames, templates,
+                              head_cache=text_head_cache(home))
 
 
 def _side(size) -> int:
@@ -158,12 +201,13 @@ def _side(size) -> int:
 def teacher_cache(teacher: ZeroShotClassifier, view: PixelView, dist: Dist, *, batch_size: int = 256,
                   workers: int = 0) -> torch.Tensor:
     """p_T(x) for every alignment image, [N, K] float32 on the CPU: the teacher is frozen, so its
-    clean outputs are computed once, before training, and read per batch. Under DDP each process
-    computes one contiguous shard and the shards are gathered, so every process holds all of it."""
+    clean outputs are computed once, before training, and read per batch (``teacher_probs``: fp32, as
+    IAR's target). Under DDP each process computes one contiguous shard and the shards are gathered,
+    so every process holds all of it."""
     teacher.eval()
     shard = -(-len(view) // dist.world_size)  # ceil: every shard has the same length for all_gather
     indices = range(dist.rank * shard, min(len(view), (dist.rank + 1) * shard))
-    probs = [teacher(batch["pixels"].to(dist.device)).float().softmax(dim=-1)
+    probs = [teacher_probs(teacher, batch["pixels"].to(dist.device))
              for batch in DataLoader(torch.utils.data.Subset(view, indices), batch_size=batch_size,
                                      num_workers=workers)]
     mine = torch.cat(probs) if probs else torch.empty(0, teacher.text_head.shape[1], device=dist.device)
@@ -235,20 +279,16 @@ class Session:
 
 def prepare(config: AlignConfig, plan: Plan, dist: Dist, *, world: dict | None, home) -> Session:
     """Load data and models, compute the teacher cache, build the optimizer: one function per step."""
-    # Attack radii first, so that a bad one fails before anything loads; IAR's only where declared.
-    attack, world_eps = config.attack, (world or {}).get("epsilon")
-    attack_keywords = {"eps": resolve_eps(attack.eps, world_eps, "attack.eps"), "steps": attack.steps,
-                       "alpha": attack.alpha, "start_noise_std": attack.start_noise_std}
-    refine_keywords = {"eps": resolve_eps(attack.refine_eps, world_eps, "attack.refine_eps"),
-                       "steps": attack.refine_steps, "alpha": attack.refine_alpha,
-                       "start_noise_std": attack.start_noise_std} if "refined_teacher_probs" in plan.needs else {}
+    # Attack radii and precision first, so that a bad one fails before anything loads.
+    attack, refine = attack_keywords(config, plan, (world or {}).get("epsilon"), dist.device)
 
     # Data: the alignment set, its label column removed unless a method declared labels.
     dataset, classnames, templates = alignment_data(config, plan, world, home)
 
     # Models: the student's image tower trains; its text tower, the teacher and S0 stay frozen.
     model, tokenizer, classifier = load_student(config.student, home=home, device=dist.device,
-                                                classnames=classnames, templates=templates)
+                                                classnames=classnames, templates=templates,
+                                                grad_checkpointing=config.train.grad_checkpointing)
     transform = eval_transform(model, normalize=False)
     view = PixelView(dataset, transform, config.data.image_column, config.data.label_column)
     teacher = (load_teacher(config.teacher, home=home, device=dist.device, classnames=classnames,
@@ -271,7 +311,7 @@ def prepare(config: AlignConfig, plan: Plan, dist: Dist, *, world: dict | None, 
     models = Models(
         student=student, student_plain=heads, frozen=frozen, teacher=teacher, teacher_cache=cache,
         entropy_median=median_entropy(cache).to(dist.device) if cache is not None else None,
-        attack=attack_keywords, refine=refine_keywords,
+        attack=attack, refine=refine,
         attack_rng=torch.Generator(dist.device).manual_seed(seed + 1),
         refine_rng=torch.Generator(dist.device).manual_seed(seed + 2))
     optimization = Optimization(model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,

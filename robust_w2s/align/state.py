@@ -24,7 +24,8 @@ from ..errors import UserError
 from .config import AlignConfig, to_dict
 
 # Settings that may change on --resume: they do not change the trajectory of the weights.
-RESUMABLE_CHANGES = ("train.device", "train.eval_every", "train.log_every", "data.workers", "check.")
+RESUMABLE_CHANGES = ("train.device", "train.eval_every", "train.log_every", "train.grad_checkpointing", "data.workers",
+                     "check.")
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict:

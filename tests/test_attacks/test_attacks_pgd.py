@@ -183,3 +183,68 @@ def test_inverse_adversarial_accepts_a_known_prediction(tm):
     b = inverse_adversarial(model, x, eps=2 / 255, steps=2, generator=torch.Generator().manual_seed(0),
                             prediction=prediction)
     assert a.equal(b)
+
+
+class _Dtypes(torch.nn.Module):
+    """Wraps a model; per forward records the autocast dtype in effect (None: off), the wrapped model's
+    own output dtype, and, through a hook, the dtype of the gradient that reaches the input."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.autocast, self.outputs, self.input_grads = [], [], []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        on = torch.is_autocast_enabled("cpu")
+        self.autocast.append(torch.get_autocast_dtype("cpu") if on else None)
+        if x.requires_grad:
+            x.register_hook(lambda grad: self.input_grads.append(grad.dtype))
+        output = self.model(x)
+        self.outputs.append(output.dtype)
+        return output
+
+
+@pytest.mark.parametrize("attack", ["pgd", "inverse"])
+def test_a_bf16_training_attack_runs_under_autocast_with_fp32_loss_and_input_gradient(tm, attack):
+    model = _Dtypes(tm.mlp(3))
+    x = tm.images(8).double()
+    y = torch.arange(8) % 3
+    losses = []
+
+    def objective(output, target):  # the attack's own cross-entropy, its input and result recorded
+        loss = cross_entropy(output, target)
+        losses.append((output.dtype, loss.dtype))
+        return loss
+
+    eps = 0.03
+    if attack == "pgd":
+        adv = pgd(model, x, y, eps=eps, steps=3, objective=objective, precision="bf16")
+    else:
+        adv = inverse_adversarial(model, x, eps=eps, steps=3, precision="bf16")
+    assert model.autocast and all(dtype == torch.bfloat16 for dtype in model.autocast)
+    assert all(dtype == torch.bfloat16 for dtype in model.outputs)  # the forwards really ran in bf16
+    assert len(model.input_grads) == 3 and all(dtype == torch.float32 for dtype in model.input_grads)
+    assert attack != "pgd" or losses == [(torch.float32, torch.float32)] * 3
+    assert adv.dtype == torch.float64 and not adv.requires_grad
+    assert (adv - x).abs().max() <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    assert (adv - x).abs().max() > eps / 2  # it moved
+
+
+def test_bf16_pgd_reaches_the_known_optimum_of_a_linear_model(tm):
+    """The bf16 forward's gradient keeps fp32's sign: the same Linf optimum x - eps * sign(w)."""
+    w = tm.two_class_weights()
+    model = tm.TwoClassLinear(w)
+    x = torch.full((1, *tm.SHAPE), 0.5)
+    eps = 0.1
+    adv = pgd(model, x, torch.tensor([0]), eps=eps, alpha=eps / 4, steps=20, precision="bf16",
+              generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(adv, x - eps * w.view(1, *tm.SHAPE).sign(), atol=1e-6)
+
+
+def test_precision_defaults_to_fp32_and_rejects_unknown_values(tm):
+    model = _Dtypes(tm.mlp(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the caller's autocast does not leak in
+        pgd(model, tm.images(2), torch.tensor([0, 1]), eps=0.03, steps=1)
+    assert model.autocast == [None] and model.outputs == [torch.float32]
+    with pytest.raises(ValueError, match="unknown precision 'fp16'; valid: 'fp32', 'bf16'"):
+        pgd(model, tm.images(2), torch.tensor([0, 1]), eps=0.03, steps=1, precision="fp16")
