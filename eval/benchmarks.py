@@ -48,6 +48,8 @@ def resolve(suite: str | None = None, dataset: str | None = None, home=None,
     if suite == "embedded" or (dataset or "").startswith("embedded"):  # embedded:TASK gets a suggestion
         register_embedded(home)
     if suite is not None:
+        if classnames_file:
+            raise UserError("--classnames names the classes of one --dataset; a suite's come from its registry")
         return [_with_hub_classnames(b) for b in suite_benchmarks(suite)]
     if dataset.startswith(("hf:", "local:")):
         return [_adhoc_benchmark(dataset, home, classnames_file)]
@@ -90,6 +92,6 @@ def _adhoc_benchmark(spec: str, home, classnames_file: str | None) -> Benchmark:
     split = split_of(spec)
     dataset = load_image_dataset(spec, split=split, home=home)
     given = _read_classnames(classnames_file) if classnames_file else None
-    labels, names = infer_label_schema(dataset, "label", given)
+    labels, names = infer_label_schema(dataset, None, given)
     return _benchmark(name=spec, source=spec, split=split, classnames=names, templates=DEFAULT_TEMPLATES,
                       labels=labels, image_column=image_column_of(dataset, None))

@@ -187,8 +187,17 @@ def _run_pretrain(args) -> int:
     return 0
 
 
+def _check_sizes(args) -> None:
+    if args.n_samples is not None and args.n_samples < 1:
+        raise UserError(f"--n-samples must be >= 1, got {args.n_samples}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+
 def _run_zeroshot(args) -> int:
     from .eval.benchmarks import resolve
+
+    _check_sizes(args)
     from .eval.zeroshot import zero_shot_report
 
     benchmarks = resolve(args.suite, args.dataset, args.home, args.classnames)
@@ -214,6 +223,7 @@ def _run_eval(args) -> int:
     from .eval.runner import EvalSettings
     from .eval.suite import run_eval
 
+    _check_sizes(args)
     benchmarks = resolve(args.suite, args.dataset, args.home, args.classnames)
     protocol = get_protocol(args.protocol or default_protocol(args.suite, args.dataset))
     try:

@@ -32,31 +32,48 @@ HUB_MIRROR_ENV = "RW2S_HUB_MIRROR"
 
 
 def split_of(spec: str) -> str | None:
-    """The split a ``hf:ID:SPLIT`` spec names, or None."""
+    """The split a ``hf:ID:SPLIT`` or ``local:PATH:SPLIT`` spec names, or None."""
     kind, _, rest = spec.partition(":")
-    return rest.partition(":")[2] or None if kind == "hf" else None
+    if kind == "hf":
+        return rest.partition(":")[2] or None
+    if kind == "local":
+        return _local_path_and_split(rest)[1]
+    return None
+
+
+def _local_path_and_split(rest: str) -> tuple[Path, str | None]:
+    """``PATH`` or ``PATH:SPLIT`` (a path that exists wins over reading its last colon as a split)."""
+    path = Path(rest).expanduser()
+    head, colon, split = rest.rpartition(":")
+    if not path.exists() and colon and head and Path(head).expanduser().exists():
+        return Path(head).expanduser(), split
+    return path, None
 
 
 def load_image_dataset(spec: str, split: str | None = None, home: str | os.PathLike | None = None, *,
-                       data_files: str | None = None) -> datasets.Dataset:
+                       data_files: str | None = None, prefer: str = "test") -> datasets.Dataset:
     """Load one split of the dataset named by ``spec`` (see module docstring).
 
-    The split named in the spec wins over ``split``. ``data_files``: a pattern with ``{split}``,
-    relative to the hub repository (e.g. ``"{split}/*.tar"``), for repositories whose files the
-    hub's inference would misread. Raises a one-line UserError for anything that cannot be loaded.
+    The split named in the spec wins over ``split``; with neither, a dataset of one split gives it,
+    one of several gives ``prefer`` (``test`` for evaluations, ``train`` for alignment) if it has
+    one, and a one-line UserError listing its splits otherwise. ``data_files``: a pattern with
+    ``{split}``, relative to the hub repository (e.g. ``"{split}/*.tar"``), for repositories whose
+    files the hub's inference would misread. Raises a one-line UserError for anything that cannot
+    be loaded.
     """
     kind, _, rest = spec.partition(":")
+    named = split_of(spec) or split
     if kind == "hf":
-        hub_id, _, hub_split = rest.partition(":")
-        return load_hub_split(hub_id, hub_split or split or "test", data_files=data_files)
+        hub_id = rest.partition(":")[0]
+        return load_hub_split(hub_id, named or prefer, data_files=data_files)
     if kind == "embedded":
         folder = data_dir(rest, home)
         if not folder.is_dir():
             raise UserError(f"embedded task {rest!r} not found under {folder.parent}: run `robust-w2s pretrain`")
         return datasets.load_from_disk(str(folder))
     if kind == "local":
-        return _load_local(Path(rest), split)
-    raise UserError(f"unknown dataset spec {spec!r}: expected hf:ID[:SPLIT], local:PATH or embedded:TASK")
+        return _load_local(_local_path_and_split(rest)[0], named, prefer)
+    raise UserError(f"unknown dataset spec {spec!r}: expected hf:ID[:SPLIT], local:PATH[:SPLIT] or embedded:TASK")
 
 
 def load_hub_split(hub_id: str, split: str, *, data_files: str | None = None) -> datasets.Dataset:
@@ -117,33 +134,52 @@ def image_column_of(dataset: datasets.Dataset, column: str | None) -> str:
     raise UserError(f"dataset has no image column (columns: {', '.join(dataset.column_names)})")
 
 
-def _load_local(path: Path, split: str | None) -> datasets.Dataset:
+SPLIT_FOLDERS = ("train", "test", "validation", "valid", "val", "dev", "eval")
+
+
+def _load_local(path: Path, split: str | None, prefer: str) -> datasets.Dataset:
     if not path.exists():
         raise UserError(f"local dataset not found: {path}")
     if path.is_file():
         if path.suffix != ".parquet":
             raise UserError(f"{path}: a local dataset file must be .parquet")
-        return datasets.load_dataset("parquet", data_files=str(path), split="train")
+        return datasets.load_dataset("parquet", data_files=str(path), split="train")  # a file is one split
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
         loaded = datasets.load_from_disk(str(path))
-        return _pick_split(loaded, split, path) if isinstance(loaded, datasets.DatasetDict) else loaded
+        if isinstance(loaded, datasets.DatasetDict):
+            return loaded[_pick_split(loaded, split, prefer, path)]
+        return loaded
     # An image folder: class sub-folders (one split), or split sub-folders (train/, test/, ...) each
-    # holding class sub-folders. The label column's ClassLabel names are the class folder names.
+    # holding class sub-folders. The files are named explicitly, so that `datasets` does not read
+    # "train" or "test" in a file or class name as a split; the label column's ClassLabel names are
+    # the class folder names.
+    folders = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if folders and all(name in SPLIT_FOLDERS for name in folders):
+        data_files = {name: str(path / name / "**") for name in folders}
+    else:
+        data_files = {"train": str(path / "**")}
+    name = _pick_split(data_files, split, prefer, path)
     try:
-        loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+        return datasets.load_dataset("imagefolder", data_files={name: data_files[name]}, split=name)
     except (ValueError, FileNotFoundError) as error:  # e.g. a folder without images
         raise UserError(f"{path}: not an image folder ({str(error).splitlines()[0]})") from None
-    if set(loaded) == {"train"} and split is not None and split != "train":
-        return loaded["train"]  # a plain folder of classes has no split names: it is the split asked for
-    return _pick_split(loaded, split, path)
 
 
-def _pick_split(splits: datasets.DatasetDict, split: str | None, source) -> datasets.Dataset:
-    """``split`` if given (else ``test`` if present, else the only or first split)."""
-    name = split or ("test" if "test" in splits else next(iter(splits)))
-    if name not in splits:
-        raise UserError(f"{source} has no split {name!r} (splits: {', '.join(splits)})")
-    return splits[name]
+def _pick_split(splits, split: str | None, prefer: str, source) -> str:
+    """The split to read: ``split`` if named (it must exist), else the only one, else ``prefer``."""
+    names = list(splits)
+    if split is not None:
+        if split not in names:
+            if names == ["train"] and not isinstance(splits, datasets.DatasetDict):
+                return "train"  # a plain folder of classes or a parquet file: one unnamed split
+            raise UserError(f"{source} has no split {split!r} (splits: {', '.join(names)})")
+        return split
+    if len(names) == 1:
+        return names[0]
+    if prefer in names:
+        return prefer
+    raise UserError(f"{source} has splits {', '.join(names)} and none is {prefer!r}: name one, as "
+                    f"local:{source}:SPLIT")
 
 
 def class_names(dataset: datasets.Dataset, label_column: str = "label") -> list[str]:
@@ -201,24 +237,45 @@ def decode_image(value, row: int) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """``image`` as 8-bit RGB. Integer modes wider than 8 bits ("I;16*", "I") are scaled from 16 bits."""
-    if image.mode.startswith("I"):
-        grey = np.asarray(image, dtype=np.float64) / 257.0  # 65535 -> 255
-        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L").convert("RGB")
+    """``image`` as 8-bit RGB: integer modes wider than 8 bits scaled from their range (16 bits, or 32
+    beyond it), float images read as [0, 1], palette transparency through RGBA as PIL documents."""
+    if image.mode.startswith("I") or image.mode == "F":
+        # PIL opens 16-bit PNGs as "I;16" or "I"; a 32-bit "I" beyond 16 bits is scaled from 32 bits,
+        # a float image is read as [0, 1].
+        grey = np.asarray(image, dtype=np.float64)
+        full = 1.0 if image.mode == "F" else (65535.0 if grey.max(initial=0) <= 65535 else 2.0 ** 31 - 1)
+        return Image.fromarray(np.clip(np.rint(grey / full * 255), 0, 255).astype(np.uint8), "L").convert("RGB")
     if image.mode in ("P", "PA") and "transparency" in image.info:
         image = image.convert("RGBA")  # PIL's documented path for palette transparency
     return image.convert("RGB")
 
 
-def infer_label_schema(dataset: datasets.Dataset, column: str = "label",
+def label_column_of(dataset: datasets.Dataset) -> str:
+    """The label column of a dataset no registry entry describes: ``label``, else its only ClassLabel
+    column, else ``cls`` (webdatasets); a one-line UserError otherwise."""
+    if "label" in dataset.column_names:
+        return "label"
+    class_labels = [n for n, f in dataset.features.items() if isinstance(f, datasets.ClassLabel)]
+    if len(class_labels) == 1:
+        return class_labels[0]
+    if "cls" in dataset.column_names:
+        return "cls"
+    raise UserError(f"dataset has no label column (columns: {', '.join(dataset.column_names)}); an image folder "
+                    f"needs two or more class sub-folders")
+
+
+def infer_label_schema(dataset: datasets.Dataset, column: str | None = None,
                        classnames: Sequence[str] | None = None) -> tuple[LabelSchema, tuple[str, ...]]:
     """(schema, class names) of a dataset that no registry entry describes, from its feature type.
 
     ClassLabel: its names (or ``classnames``). Strings: each distinct string is a class, named by
     itself in sorted order (or ordered as ``classnames``). Bool and plain integers carry no names:
-    ``classnames`` is required. Raises a one-line UserError otherwise.
+    ``classnames`` is required. ``column`` defaults to :func:`label_column_of`. Raises a one-line
+    UserError otherwise.
     """
+    column = column or label_column_of(dataset)
     require_columns(dataset, column)
+    _no_missing_labels(dataset, column)
     feature = dataset.features[column]
     kind = _feature_type(feature)
     if kind == "classlabel":
@@ -228,9 +285,15 @@ def infer_label_schema(dataset: datasets.Dataset, column: str = "label",
         return LabelSchema(column, "string", ids=names), names
     if not classnames:
         hint = "two names, for False then True" if kind == "bool" else "one name per label value 0, 1, ..."
-        raise UserError(f"column {column!r} holds {kind} labels with no class names: pass --classnames FILE "
-                        f"({hint})")
+        raise UserError(f"column {column!r} holds {kind} labels with no class names: give them, one per line "
+                        f"(--classnames FILE; data.classnames in an alignment config) ({hint})")
     return LabelSchema(column, kind), tuple(classnames)
+
+
+def _no_missing_labels(dataset: datasets.Dataset, column: str) -> None:
+    missing = dataset[column].count(None) if len(dataset) else 0
+    if missing:
+        raise UserError(f"column {column!r} has {missing} rows without a label")
 
 
 def check_labels(dataset: datasets.Dataset, schema: LabelSchema, classnames: Sequence[str], source: str) -> None:
@@ -238,6 +301,7 @@ def check_labels(dataset: datasets.Dataset, schema: LabelSchema, classnames: Seq
     the mismatch: the column's type against the schema's, the class count, the order of names
     (where the column has names), and every label in range."""
     require_columns(dataset, schema.column)
+    _no_missing_labels(dataset, schema.column)
     feature = dataset.features[schema.column]
     kind, k = _feature_type(feature), len(classnames)
     compatible = {"classlabel": ("classlabel", "int"), "int": ("int",), "bool": ("bool",), "string": ("string",)}
@@ -249,10 +313,14 @@ def check_labels(dataset: datasets.Dataset, schema: LabelSchema, classnames: Seq
         if len(names) != k:
             raise UserError(f"{source}: column {schema.column!r} has {len(names)} classes ({_preview(names)}), "
                             f"but {k} class names were given")
-        if set(names) == set(classnames) and names != list(classnames):
-            first = next(i for i, (a, b) in enumerate(zip(names, classnames)) if a != b)
-            raise UserError(f"{source}: class names are in another order than the column's: label {first} is "
-                            f"{names[first]!r}, given {classnames[first]!r}")
+        # A name the column has at another index means shuffled names (case, spaces and _ aside).
+        position = {_plain(name): i for i, name in enumerate(names)}
+        moved = [(i, name) for i, name in enumerate(classnames) if position.get(_plain(name), i) != i]
+        if moved:
+            i, name = moved[0]
+            raise UserError(f"{source}: class names are in another order than the column's: {name!r} is given "
+                            f"for label {i}, but the column names label {position[_plain(name)]} so "
+                            f"(label {i} is {names[i]!r})")
     elif kind == "bool" and k != 2:
         raise UserError(f"{source}: column {schema.column!r} holds bool labels (2 classes), but {k} class names "
                         f"were given")
@@ -270,6 +338,10 @@ def check_labels(dataset: datasets.Dataset, schema: LabelSchema, classnames: Seq
             bad = low + schema.offset if low < 0 else high + schema.offset
             raise UserError(f"{source}: label {bad} of column {schema.column!r} is out of range for {k} class "
                             f"names (offset {schema.offset})")
+
+
+def _plain(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
 
 
 def _feature_type(feature) -> str:
@@ -318,3 +390,5 @@ def iterate_batches(dataset: datasets.Dataset, transform, batch_size: int = 256,
             continue
         label_values = [batch[labels.column][i] for i in kept] if labels else None
         yield torch.stack(pixels), (labels.indices(label_values) if labels else None)
+    if bad_images.count and bad_images.count == len(raw):
+        raise UserError(f"every image failed to decode ({bad_images.count}; the first at {bad_images.first})")

@@ -208,3 +208,62 @@ def test_every_mode_decodes_as_datasets_decodes_it(value):
     theirs = datasets.Image().decode_example(value).convert("RGB")
     assert ours.mode == "RGB" and ours.size == theirs.size
     assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+
+
+def test_a_local_split_is_named_or_refused_never_guessed(world_home, tmp_path, capsys):
+    images = [Image.new("RGB", (8, 8), (i * 40, 0, 0)) for i in range(3)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"image": images * 2, "label": [0, 1, 2] * 2}, features=features),
+        "validation": datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2]}, features=features),
+    }).save_to_disk(str(tmp_path / "dd"))
+    capsys.readouterr()
+    code, _ = _zeroshot(world_home, tmp_path, f"local:{tmp_path / 'dd'}")
+    error = capsys.readouterr().err
+    assert code == 2 and "splits train, validation" in error and ":SPLIT" in error
+    code, report = _zeroshot(world_home, tmp_path, f"local:{tmp_path / 'dd'}:validation")
+    assert code == 0 and report["tasks"][f"local:{tmp_path / 'dd'}:validation"]["n"] == 3
+    assert len(load_image_dataset(f"local:{tmp_path / 'dd'}", prefer="train")) == 6  # alignment's default
+
+
+def test_file_and_class_names_are_not_read_as_splits(tmp_path):
+    for name in ("train", "steam_train", "valley"):  # CIFAR-100 has a class "train"
+        (tmp_path / "f" / name).mkdir(parents=True)
+        for stem in ("train_0", "test_1", "img_2"):
+            Image.new("RGB", (4, 4)).save(tmp_path / "f" / name / f"{stem}.png")
+    dataset = load_image_dataset(f"local:{tmp_path / 'f'}")
+    assert len(dataset) == 9 and sorted(class_names(dataset)) == ["steam_train", "train", "valley"]
+
+
+def test_missing_labels_and_sizes_are_one_line(world_home, tmp_path, capsys):
+    spec = _saved(tmp_path, ["circle", None, "square"], datasets.Value("string"))
+    capsys.readouterr()
+    assert _zeroshot(world_home, tmp_path, spec)[0] == 2
+    assert "1 rows without a label" in capsys.readouterr().err
+    for flag in (["--n-samples", "0"], ["--batch-size", "0"]):
+        assert _zeroshot(world_home, tmp_path, f"local:{_image_folder(tmp_path / flag[0])}", *flag)[0] == 2
+        assert flag[0] in capsys.readouterr().err
+
+
+def test_names_shuffled_among_others_are_caught(world_home, tmp_path, capsys):
+    spec = _saved(tmp_path, [0, 1, 2], datasets.ClassLabel(names=["circle", "square", "triangle"]))
+    capsys.readouterr()
+    code, _ = _zeroshot(world_home, tmp_path, spec, *_names_file(tmp_path, "Square", "circle", "wedge"))
+    error = capsys.readouterr().err
+    assert code == 2 and "'Square' is given for label 0, but the column names label 1 so" in error
+
+
+def test_every_image_bad_is_one_line_even_when_skipping(world_home, tmp_path, capsys):
+    root = _image_folder(tmp_path / "fruit", per_class=1)
+    for path in root.rglob("*.png"):
+        path.write_bytes(b"")
+    capsys.readouterr()
+    code, _ = _zeroshot(world_home, tmp_path, f"local:{root}", "--skip-bad-images")
+    assert code == 2 and "every image failed to decode (3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("image, expected", [(Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32), "F"), 0.5),
+                                             (Image.fromarray(np.full((4, 4), 2 ** 30, dtype=np.int32), "I"), 0.5)])
+def test_float_and_32_bit_images_are_scaled_from_their_range(image, expected):
+    decoded = np.asarray(decode_image(_encoded(image, "TIFF"), 0), dtype=np.float64) / 255
+    assert np.allclose(decoded, expected, atol=1 / 255)

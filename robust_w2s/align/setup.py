@@ -19,8 +19,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..attacks import PRECISIONS, parse_eps
-from ..data import class_names, decode_image, load_image_dataset
+from ..data import check_labels, decode_image, infer_label_schema, load_image_dataset
 from ..errors import UserError, unknown_name
+from ..labels import LabelSchema
 from ..layout import text_head_cache
 from ..models import eval_transform, load_model
 from ..zeroshot import ZeroShotClassifier
@@ -102,31 +103,44 @@ def attack_keywords(config: AlignConfig, plan: Plan, world_eps: float | None, de
 
 
 def alignment_data(config: AlignConfig, plan: Plan, world: dict | None, home):
-    """(dataset, class names, templates). The label column is REMOVED unless a method of the plan
-    declares labels: methods defined without labels receive a dataset that has none."""
+    """(dataset, class names, templates, label schema or None). The label column is REMOVED unless a
+    method of the plan declares labels: methods defined without labels receive a dataset that has
+    none. Declared labels are checked against the class names before any compute (count, order,
+    range), as evaluations check them; the split read is the spec's, else ``train``."""
     data = config.data
-    dataset = load_image_dataset(data.dataset, home=home)
+    dataset = load_image_dataset(data.dataset, home=home, prefer="train")
     if data.image_column not in dataset.column_names:
         raise UserError(f"alignment dataset has no column {data.image_column!r} (columns: {dataset.column_names})")
     embedded = data.dataset.startswith("embedded:") and world is not None
     task = world["alignment_task"] if embedded else None
-    classnames = data.classnames or (world["classnames"][task] if embedded else class_names(dataset, data.label_column))
+    if embedded:
+        labels, classnames = LabelSchema(data.label_column), data.classnames or world["classnames"][task]
+    elif data.label_column in dataset.column_names:
+        labels, classnames = infer_label_schema(dataset, data.label_column, data.classnames or None)
+    elif data.classnames:
+        labels, classnames = None, data.classnames
+    else:
+        raise UserError(f"alignment dataset has no label column {data.label_column!r} to name its classes: "
+                        f"give data.classnames")
     templates = data.templates or (world["templates"][task] if embedded else DEFAULT_TEMPLATES)
+    if "labels" in plan.needs:
+        if labels is None:
+            raise UserError(f"method {config.method.name!r} needs labels: no column {data.label_column!r}")
+        check_labels(dataset, labels, classnames, data.dataset)
     keep = [data.image_column] + ([data.label_column] if "labels" in plan.needs else [])
-    if "labels" in plan.needs and data.label_column not in dataset.column_names:
-        raise UserError(f"method {config.method.name!r} needs labels: no column {data.label_column!r}")
     dataset = dataset.remove_columns([c for c in dataset.column_names if c not in keep])
-    return dataset, list(classnames), list(templates)
+    return dataset, list(classnames), list(templates), (labels if "labels" in plan.needs else None)
 
 
 class PixelView(torch.utils.data.Dataset):
-    """Row i of an image dataset as {"index", "pixels" in [0, 1], and "label" if the column exists}."""
+    """Row i of an image dataset as {"index", "pixels" in [0, 1], and "label" (a class index) if
+    ``labels`` is given}."""
 
-    def __init__(self, dataset: datasets.Dataset, transform, image_column: str, label_column: str):
+    def __init__(self, dataset: datasets.Dataset, transform, image_column: str, labels: LabelSchema | None):
         if isinstance(dataset.features[image_column], datasets.Image):
             dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
         self.dataset, self.transform = dataset, transform
-        self.image_column, self.label_column = image_column, label_column
+        self.image_column, self.labels = image_column, labels
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -134,8 +148,8 @@ class PixelView(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         row = self.dataset[int(i)]
         item = {"index": int(i), "pixels": self.transform(decode_image(row[self.image_column], i))}
-        if self.label_column in row:
-            item["label"] = row[self.label_column]
+        if self.labels is not None:
+            item["label"] = int(self.labels.indices([row[self.labels.column]])[0])
         return item
 
 
@@ -283,14 +297,14 @@ def prepare(config: AlignConfig, plan: Plan, dist: Dist, *, world: dict | None, 
     attack, refine = attack_keywords(config, plan, (world or {}).get("epsilon"), dist.device)
 
     # Data: the alignment set, its label column removed unless a method declared labels.
-    dataset, classnames, templates = alignment_data(config, plan, world, home)
+    dataset, classnames, templates, labels = alignment_data(config, plan, world, home)
 
     # Models: the student's image tower trains; its text tower, the teacher and S0 stay frozen.
     model, tokenizer, classifier = load_student(config.student, home=home, device=dist.device,
                                                 classnames=classnames, templates=templates,
                                                 grad_checkpointing=config.train.grad_checkpointing)
     transform = eval_transform(model, normalize=False)
-    view = PixelView(dataset, transform, config.data.image_column, config.data.label_column)
+    view = PixelView(dataset, transform, config.data.image_column, labels)
     teacher = (load_teacher(config.teacher, home=home, device=dist.device, classnames=classnames,
                             templates=templates, image_size=transform.transforms[0].size)
                if plan.needs & TEACHER_INPUTS else None)

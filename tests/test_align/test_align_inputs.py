@@ -16,7 +16,7 @@ from robust_w2s.models import eval_transform, load_model
 def test_dataset_has_a_label_column_only_for_methods_defined_with_labels(world_home, tiny_config, name):
     config = tiny_config(f"method.name={name}")
     plan = M.Plan.build(config.method)
-    dataset, classnames, _ = alignment_data(config, plan, read_world(world_home), world_home)
+    dataset, classnames, *_ = alignment_data(config, plan, read_world(world_home), world_home)
     assert ("label" in dataset.column_names) == (name in ("tecoa", "pmg-aft"))
     assert dataset.column_names[0] == "image" and classnames
 
@@ -44,7 +44,7 @@ def test_iar_lowers_the_teachers_ce_to_its_own_prediction_within_its_ball(world_
     teacher = load_teacher("embedded:weak-robust", home=world_home, device="cpu", classnames=world["classnames"][task],
                            templates=world["templates"][task], image_size=transform.transforms[0].size)
     dataset, *_ = alignment_data(load_config(), M.Plan.build(M.MethodSettings()), world, world_home)
-    view = PixelView(dataset.select(range(32)), transform, "image", "label")
+    view = PixelView(dataset.select(range(32)), transform, "image", None)
     probs = teacher_cache(teacher, view, Dist(0, 1, torch.device("cpu")))
     images = torch.stack([view[i]["pixels"] for i in range(32)])
     eps = 4 / 255
@@ -66,3 +66,25 @@ def test_iar_lowers_the_teachers_ce_to_its_own_prediction_within_its_ball(world_
     assert (x_tilde - images).abs().max() <= eps + 1e-6 and x_tilde.min() >= 0 and x_tilde.max() <= 1
     assert cross_entropy(teacher(x_tilde), prediction) < cross_entropy(teacher(images), prediction)
 
+
+
+def test_declared_labels_are_checked_and_mapped_before_training(world_home, tmp_path):
+    import datasets
+    from PIL import Image
+
+    from robust_w2s.errors import UserError
+    images = [Image.new("RGB", (32, 32), (60 * i, 0, 0)) for i in range(4)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"image": images, "label": [1, 2, 3, 3]}, features=features),
+        "test": datasets.Dataset.from_dict({"image": images[:2], "label": [1, 1]}, features=features),
+    }).save_to_disk(str(tmp_path / "one_based"))
+    plan = M.Plan.build(M.MethodSettings(name="tecoa"))
+    spec = f"local:{tmp_path / 'one_based'}"
+    with pytest.raises(UserError, match="label 3 .* out of range for 3 class names"):  # read as 0-based
+        alignment_data(load_config(None, [f"data.dataset={spec}", "data.classnames=[a,b,c]"]), plan, None, world_home)
+    dataset, names, _, labels = alignment_data(
+        load_config(None, [f"data.dataset={spec}", "data.classnames=[z,a,b,c]"]), plan, None, world_home)
+    assert len(dataset) == 4, "alignment reads the train split"
+    view = PixelView(dataset, lambda image: torch.zeros(1), "image", labels)
+    assert [view[i]["label"] for i in range(4)] == [1, 2, 3, 3] and names == ["z", "a", "b", "c"]
