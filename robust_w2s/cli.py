@@ -41,10 +41,11 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model spec (see below)")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--suite", help="benchmark suite: embedded, paper14 or tecoa16")
-    group.add_argument("--dataset", help="one dataset: a registry name (embedded/shape, cifar10), "
-                                         "hf:ID[:SPLIT] or local:PATH")
-    parser.add_argument("--classnames", help="file with one class name per line (default: the "
-                                             "label column's ClassLabel names)")
+    group.add_argument("--dataset", help="one dataset: a registry name (embedded/shape, cifar10, cb/pcam), "
+                                         "hf:ID[:SPLIT] or local:PATH[:SPLIT] (README: Datasets)")
+    parser.add_argument("--classnames", help="with --dataset: a file with one class name per line, in label "
+                                             "order (default: the label column's ClassLabel names, or its "
+                                             "distinct strings sorted; bool and int labels need it)")
     parser.add_argument("--n-samples", type=int, help="evaluate a seeded random subset of this size")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset (default 0)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")

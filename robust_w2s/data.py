@@ -2,8 +2,8 @@
 
 Dataset specs (DESIGN.md section 8):
     hf:ID[:SPLIT]     a hub dataset (for users who are online); SPLIT defaults to the benchmark's
-    local:PATH        an image folder (class sub-folders, or split sub-folders of class sub-folders),
-                      a parquet file, or a save_to_disk folder (a DatasetDict: ``--split`` or test)
+    local:PATH[:SPLIT] an image folder (class sub-folders, or split sub-folders of class sub-folders),
+                      a parquet file, or a save_to_disk folder (see ``load_image_dataset`` for the split)
     embedded:TASK     a task of the embedded world (built by ``robust-w2s pretrain``)
 
 Hub datasets download only the split that is read: its data files are resolved first (the
