@@ -153,6 +153,8 @@ def _load_local(path: Path, split: str | None, prefer: str) -> datasets.Dataset:
     # holding class sub-folders. The files are named explicitly, so that `datasets` does not read
     # "train" or "test" in a file or class name as a split; the label column's ClassLabel names are
     # the class folder names.
+    if not any(file.is_file() for file in path.rglob("*")):
+        raise UserError(f"{path}: not an image folder (it holds no files)")
     folders = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if folders and all(name in SPLIT_FOLDERS for name in folders):
         data_files = {name: str(path / name / "**") for name in folders}
