@@ -12,6 +12,8 @@ import dataclasses
 import inspect
 import json
 import os
+import shutil
+import tempfile
 import time
 import types
 import typing
@@ -63,10 +65,24 @@ class Result:
     figures: list[Path]
 
 
-def get_experiment(name: str) -> Experiment:
+def get_experiment(name: str, allow_all: bool = True) -> Experiment:
+    """The experiment ``name``; a UserError listing the valid names ("all" among them where the
+    command line accepts it) otherwise."""
     if name not in EXPERIMENTS:
-        raise unknown_name("theory experiment", name, [*EXPERIMENTS, "all"])
+        raise unknown_name("theory experiment", name, [*EXPERIMENTS, *(["all"] if allow_all else [])])
     return EXPERIMENTS[name]
+
+
+def check_output_dir(path: Path) -> Path:
+    """``path`` as a folder for results: a UserError if it, or one of its parents, is not a folder."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UserError(f"--output-dir {path}: {folder} exists and is not a folder")
+            if not os.access(folder, os.W_OK):
+                raise UserError(f"--output-dir {path}: {folder} is not writable")
+            break
+    return path
 
 
 def parse_overrides(config, overrides: typing.Sequence[str]):
@@ -129,27 +145,44 @@ def run_experiment(name: str, overrides: typing.Sequence[str] = (), output_dir: 
     """Run experiment ``name`` with ``overrides``; write DIR/NAME.json and DIR/NAME-*.png."""
     experiment = get_experiment(name)
     config = parse_overrides(experiment.config(), overrides)
-    output = Path(output_dir)
+    output = check_output_dir(Path(output_dir))
     output.mkdir(parents=True, exist_ok=True)
     # The experiments' tensors are small: with more than one thread, torch spends more time
     # synchronizing its threads than computing. One thread, restored afterwards.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    started = time.time()
     try:
-        started = time.time()
         data = experiment.module.run(config, progress=progress)
-        seconds = time.time() - started
     finally:
         torch.set_num_threads(threads)
     found = experiment.module.predictions(config, data)
-    figures = experiment.module.plot(config, data, output, name)
-    result = Result(name, experiment.paper, inspect.getdoc(experiment.module), config_record(config), seconds,
-                    found, data, figures)
-    write_atomic(output / f"{name}.json", json.dumps({
-        "experiment": name, "paper": experiment.paper, "config": result.config, "seed": config.seed,
-        "seconds": round(seconds, 1), "predictions": [dataclasses.asdict(p) for p in found],
-        "figures": [figure.name for figure in figures], "data": data}, indent=1, allow_nan=False))
-    return result
+    # Figures are drawn into a staging folder and moved in only once everything has succeeded: a run
+    # that fails never leaves a mix of old and new files.
+    staging = Path(tempfile.mkdtemp(dir=output, prefix=f".{name}."))
+    try:
+        drawn = experiment.module.plot(config, data, staging, name)
+        seconds = time.time() - started   # computing, checking and plotting
+        payload = json.dumps({
+            "experiment": name, "paper": experiment.paper, "config": config_record(config), "seed": config.seed,
+            "seconds": round(seconds, 1), "predictions": [dataclasses.asdict(p) for p in found],
+            "figures": [figure.name for figure in drawn], "data": data}, indent=1, allow_nan=False)
+        figures = []
+        for figure in drawn:
+            os.chmod(figure, 0o666 & ~_umask())
+            os.replace(figure, output / figure.name)
+            figures.append(output / figure.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    write_atomic(output / f"{name}.json", payload)
+    return Result(name, experiment.paper, inspect.getdoc(experiment.module), config_record(config), seconds,
+                  found, data, figures)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def run_all(overrides: typing.Sequence[str] = (), output_dir: str | os.PathLike = "docs", command: str = "",
@@ -162,10 +195,11 @@ def run_all(overrides: typing.Sequence[str] = (), output_dir: str | os.PathLike 
         name, dot, rest = key.partition(".")
         if not dot:
             raise UserError(f"--set {override!r}: with 'all', name the experiment first, e.g. mechanisms.seeds=5")
-        get_experiment(name)
+        get_experiment(name, allow_all=False)
         grouped[name].append(rest + equals + value)
     for name, own in grouped.items():   # every override is checked before the first experiment runs
         parse_overrides(EXPERIMENTS[name].config(), own)
+    check_output_dir(Path(output_dir) / "theory")
     started = time.time()
     results = [run_experiment(name, own, Path(output_dir) / "theory", progress) for name, own in grouped.items()]
     return write_report(results, Path(output_dir), command, time.time() - started)

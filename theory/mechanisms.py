@@ -54,6 +54,21 @@ class RidgeConfig:
     lambda_S_max: float = 30.0
     lambda_S_count: int = 25
 
+    def __post_init__(self):
+        _check(self.d >= 2, f"ridge.d must be >= 2, got {self.d}")
+        _check(_finite(self.r) and self.r > 0, f"ridge.r must be > 0, got {self.r}")
+        _check(_finite(self.sigma) and self.sigma >= 0, f"ridge.sigma must be >= 0, got {self.sigma}")
+        _check(len(self.gamma_T) == len(self.gamma_S) and len(self.gamma_T) > 0,
+               "ridge.gamma_T and ridge.gamma_S take one value per regime, as many of each")
+        _check(all(_finite(g) and g > 0 for g in self.gamma_T + self.gamma_S),
+               f"ridge.gamma_T and ridge.gamma_S are ratios d/n, d/m: must be > 0, got {self.gamma_T}, {self.gamma_S}")
+        _check(len(self.lambda_T) > 0 and all(_finite(v) and v >= 0 for v in self.lambda_T)
+               and len(set(self.lambda_T)) == len(self.lambda_T),
+               f"ridge.lambda_T are distinct penalties (multiples of lambda*) >= 0, got {self.lambda_T}")
+        _check(_finite(self.lambda_S_min) and _finite(self.lambda_S_max) and 0 < self.lambda_S_min < self.lambda_S_max,
+               "need 0 < ridge.lambda_S_min < ridge.lambda_S_max (the grid is logarithmic; 0 is always included)")
+        _check(self.lambda_S_count >= 1, f"ridge.lambda_S_count must be >= 1, got {self.lambda_S_count}")
+
 
 @dataclass(frozen=True)
 class WeightedRidgeConfig:
@@ -65,6 +80,17 @@ class WeightedRidgeConfig:
     gamma_T: float = 2.0                           # d/n of the teacher
     gamma_S: float = 0.25                          # d/m of the student
     a: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)   # alignment of the student's penalty
+
+    def __post_init__(self):
+        _check(self.d >= 2, f"weighted.d must be >= 2, got {self.d}")
+        _check(_finite(self.r) and self.r > 0, f"weighted.r must be > 0, got {self.r}")
+        _check(_finite(self.sigma) and self.sigma >= 0, f"weighted.sigma must be >= 0, got {self.sigma}")
+        _check(_finite(self.alpha) and 0 <= self.alpha <= 4, f"weighted.alpha must be in [0, 4], got {self.alpha}")
+        _check(all(_finite(g) and g > 0 for g in (self.gamma_T, self.gamma_S)),
+               "weighted.gamma_T and weighted.gamma_S are ratios d/n, d/m: must be > 0")
+        _check(0 in self.a and len(self.a) >= 2 and all(_finite(v) and 0 <= v <= 2 for v in self.a)
+               and len(set(self.a)) == len(self.a),
+               f"weighted.a are distinct alignments in [0, 2], 0 (isotropic) and at least one more, got {self.a}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +105,21 @@ class MultiIndexConfig:
     rho_S: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0)   # pretrained overlap <w_2, u_2>
     n_test: int = 20000
 
+    def __post_init__(self):
+        _check(self.d >= 3, f"multi_index.d must be >= 3 (u_1, u_2 and a spare direction), got {self.d}")
+        _check(all(_finite(v) for v in (self.a_1, self.a_2, self.sigma)) and self.a_2 > 0 and self.sigma >= 0,
+               "multi_index.a_2 must be > 0 (the hard direction is read off the top of the second moment), "
+               "a_1 finite and sigma >= 0")
+        _check(len(self.n_over_d) > 0 and all(_finite(v) and v > 0 for v in self.n_over_d)
+               and len(set(self.n_over_d)) == len(self.n_over_d),
+               f"multi_index.n_over_d are distinct sample sizes in units of d, > 0, got {self.n_over_d}")
+        _check(_finite(self.m_over_d) and self.m_over_d > 0, f"multi_index.m_over_d must be > 0, got {self.m_over_d}")
+        _check(0 in self.rho_S and len(self.rho_S) >= 2 and all(0 <= rho <= 1 for rho in self.rho_S)
+               and len(set(self.rho_S)) == len(self.rho_S),
+               f"multi_index.rho_S are distinct overlaps in [0, 1], 0 (no pretrained hard direction) and at "
+               f"least one more, got {self.rho_S}")
+        _check(self.n_test >= 100, f"multi_index.n_test must be >= 100, got {self.n_test}")
+
 
 @dataclass(frozen=True)
 class MechanismsConfig:
@@ -91,21 +132,31 @@ class MechanismsConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if len(self.ridge.gamma_T) != len(self.ridge.gamma_S) or not self.ridge.gamma_T:
-            raise UserError("ridge.gamma_T and ridge.gamma_S take one value per regime, as many of each")
-        if self.seeds < 1 or min(self.ridge.d, self.weighted.d, self.multi_index.d) < 2:
-            raise UserError("need seeds >= 1 and d >= 2 in every part")
-        if not all(0 <= rho <= 1 for rho in self.multi_index.rho_S):
-            raise UserError("multi_index.rho_S are overlaps, in [0, 1]")
-        if self.multi_index.a_2 <= 0:   # the hard direction is read off the top of the second moment
-            raise UserError(f"multi_index.a_2 must be > 0, got {self.multi_index.a_2}")
+        _check(self.seeds >= 2, f"seeds must be >= 2 (every verdict compares means over seeds with their "
+                                f"standard errors), got {self.seeds}")
+        _check(_finite(self.z) and self.z > 0, f"z must be > 0, got {self.z}")
+
+
+def _finite(value: float) -> bool:
+    return math.isfinite(value)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
 
 
 def ridge(X: torch.Tensor, y: torch.Tensor, lam: float, Gamma: torch.Tensor | None = None) -> torch.Tensor:
     """argmin_beta (1/n)||y - X beta||^2 + lam beta^T Gamma beta, shape (d,); Gamma diagonal
-    (its diagonal, shape (d,); default the identity). X: (n, d), y: (n,)."""
+    (its diagonal, shape (d,); default the identity). X: (n, d), y: (n,). lam = 0 is the
+    minimum-Gamma-norm least-squares solution (the ridgeless limit; an interpolator when n < d)."""
     n, d = X.shape
+    if lam < 0:
+        raise ValueError(f"ridge penalty must be >= 0, got {lam}")
     penalty = torch.ones(d, dtype=X.dtype) if Gamma is None else Gamma
+    if lam == 0:   # least squares: the minimum-(Gamma-)norm solution, defined also when n < d
+        G = penalty.sqrt()
+        return torch.linalg.pinv(X / G) @ y / G
     return torch.linalg.solve(X.T @ X / n + lam * torch.diag(penalty), X.T @ y / n)
 
 
@@ -149,14 +200,14 @@ def run_ridge(config: RidgeConfig, seeds: list[int], bar) -> dict:
             X = _gaussian(n, config.d, generator)
             y = X @ beta + config.sigma * _gaussian(n, 1, generator)[:, 0]
             X_student = _gaussian(m, config.d, generator)
-            teachers = [ridge(X, y, multiple * lambda_star) for multiple in config.lambda_T]
+            teachers = [ridge(X, y, multiple * lambda_star) for multiple in sorted(config.lambda_T)]
             teacher.append([(beta_T - beta).square().sum().item() for beta_T in teachers])
             student.append([(student_path(X_student, beta_T, lambdas) - beta).square().sum(dim=1).tolist()
                             for beta_T in teachers])
             bar.update()
         regimes.append({"gamma_T": gamma_T, "gamma_S": gamma_S, "n": n, "m": m, "lambda_star": lambda_star,
                         "teacher": teacher, "student": student})
-    return {"lambda_S": lambdas.tolist(), "lambda_T": list(config.lambda_T), "regimes": regimes}
+    return {"lambda_S": lambdas.tolist(), "lambda_T": sorted(config.lambda_T), "regimes": regimes}
 
 
 def run_weighted(config: WeightedRidgeConfig, seeds: list[int], bar) -> dict:
@@ -179,9 +230,9 @@ def run_weighted(config: WeightedRidgeConfig, seeds: list[int], bar) -> dict:
     for beta, X, y, X_student in draws:
         beta_T = ridge(X, y, lambdas[best].item())
         student.append([(student_path(X_student, beta_T, lambdas, spectrum ** -a / (spectrum ** -a).mean())
-                         - beta).square().sum(dim=1).tolist() for a in config.a])
+                         - beta).square().sum(dim=1).tolist() for a in sorted(config.a)])
         bar.update()
-    return {"a": list(config.a), "lambda_S": lambdas.tolist(), "lambda_T_best": lambdas[best].item(),
+    return {"a": sorted(config.a), "lambda_S": lambdas.tolist(), "lambda_T_best": lambdas[best].item(),
             "teacher": [path[best] for path in teacher_paths], "student": student}
 
 
@@ -206,7 +257,7 @@ def run_multi_index(config: MultiIndexConfig, seeds: list[int], bar) -> dict:
     """Per n/d, per seed: teacher and student excess risks (one per rho_S) and the overlaps of the
     learned directions with u_1 and u_2."""
     rows = []
-    for ratio in config.n_over_d:
+    for ratio in sorted(config.n_over_d):
         n, m = max(2, round(ratio * config.d)), max(1, round(config.m_over_d * config.d))
         row = {"n_over_d": ratio, "teacher": [], "teacher_u1": [], "teacher_u2": [], "student_u1": [], "student": []}
         for seed in seeds:
@@ -234,7 +285,7 @@ def run_multi_index(config: MultiIndexConfig, seeds: list[int], bar) -> dict:
             labels = teacher(X_student)
             student_easy = _unit(_fit_head(X_student, labels))      # the easy direction, from the teacher
             students = []
-            for rho in config.rho_S:
+            for rho in sorted(config.rho_S):
                 pretrained = rho * u_2 + math.sqrt(1 - rho ** 2) * spare   # the hard direction, from pretraining
                 student_head = _fit_head(_features(X_student, student_easy, pretrained), labels)
                 prediction = _features(X_test, student_easy, pretrained) @ student_head
@@ -246,7 +297,7 @@ def run_multi_index(config: MultiIndexConfig, seeds: list[int], bar) -> dict:
             row["student"].append(students)
             bar.update()
         rows.append(row)
-    return {"rho_S": list(config.rho_S), "rows": rows}
+    return {"rho_S": sorted(config.rho_S), "rows": rows}
 
 
 def run(config: MechanismsConfig, progress: bool = True) -> dict:
@@ -293,7 +344,8 @@ def _ridge_predictions(config: MechanismsConfig, ridge_data: dict) -> list[Predi
         at_optimum += [(f"{name}, lambda_T = {row['multiple']:g} lambda*", row["gain"]) for row in rows
                        if row["multiple"] >= 1]
         if regime["m"] > config.ridge.d:
-            under = [row for row in rows if row["multiple"] < 1]
+            # With sigma = 0, lambda* = 0: every teacher is at lambda* and none is under-regularized.
+            under = [row for row in rows if row["multiple"] < 1] if regime["lambda_star"] > 0 else []
             shrinking = all(a["gain"].mean > b["gain"].mean for a, b in zip(under, under[1:]))
             found.append(Prediction(
                 f"Ridge, {name} (student under-parameterized): the student compensates an under-regularized "
@@ -302,7 +354,8 @@ def _ridge_predictions(config: MechanismsConfig, ridge_data: dict) -> list[Predi
                 bool(under) and shrinking and all(row["gain"].significant(z) for row in under),
                 "; ".join(f"lambda_T = {row['multiple']:g} lambda*: teacher {row['teacher']:.3f}, best student "
                           f"{row['student']:.3f} at lambda_S = {row['lambda_S']:.3g} (gain {row['gain']})"
-                          for row in under) + f"; a gain counts above {z:g} standard errors"))
+                          for row in under) + f"; a gain counts above {z:g} standard errors"
+                + ("" if under else "no teacher below lambda* (lambda_T multiples < 1, lambda* > 0): not testable")))
         else:
             share = regime["m"] / config.ridge.d
             predicted = [share * row["teacher"] + (1 - share) * config.ridge.r ** 2 for row in rows]
@@ -324,36 +377,50 @@ def _ridge_predictions(config: MechanismsConfig, ridge_data: dict) -> list[Predi
 
 
 def _weighted_predictions(config: MechanismsConfig, weighted: dict) -> list[Prediction]:
-    teacher = weighted["teacher"]
-    order = np.argsort(weighted["a"])
-    best = [_best([per_seed[k] for per_seed in weighted["student"]])[1] for k in range(len(weighted["a"]))]
+    """a = 0 is the isotropic student, a = 1 the penalty aligned with the target's spectrum (or the
+    largest a up to 1 when 1 is not in the list); values are looked up, not taken by position."""
+    teacher, a = weighted["teacher"], weighted["a"]
+    best = [_best([per_seed[k] for per_seed in weighted["student"]])[1] for k in range(len(a))]
     gains = [gain(teacher, student) for student in best]
-    listed = ", ".join(f"a = {weighted['a'][k]:g}: {np.mean(best[k]):.3f} ({gains[k]})" for k in order)
+    listed = ", ".join(f"a = {a[k]:g}: {np.mean(best[k]):.3f} ({gains[k]})" for k in range(len(a)))
     context = (f"teacher at its best isotropic lambda_T = {weighted['lambda_T_best']:.3g}: {np.mean(teacher):.3f}; "
                f"best student over lambda_S: {listed}")
-    steps = [gain(best[earlier], best[later]) for earlier, later in zip(order, order[1:])]
-    aligned, least = order[-1], order[0]
+    isotropic = a.index(0.0)
+    upto = [k for k in range(len(a)) if a[k] <= 1]        # a > 1 over-weights the spectrum: not "better aligned"
+    aligned = upto[-1]
+    steps = [gain(best[earlier], best[later]) for earlier, later in zip(upto, upto[1:])]
+    overall = gain(best[isotropic], best[aligned])
+    rising = [f"{a[e]:g} -> {a[l]:g}" for (e, l), step in zip(zip(upto, upto[1:]), steps)
+              if (-step.mean) > max(config.z * step.stderr, 0)]
+    name = "aligned with" if a[aligned] == 1 else f"the most aligned here (a = {a[aligned]:g}, 1 would be aligned) with"
     return [
-        Prediction("Weighted ridge: a student whose penalty is aligned with the target's spectrum (a = "
-                   f"{weighted['a'][aligned]:g}) beats an optimally regularized isotropic teacher (Section 3)",
+        Prediction(f"Weighted ridge: a student whose penalty is {name} the target's spectrum (a = {a[aligned]:g}) "
+                   f"beats an optimally regularized isotropic teacher (Section 3)",
                    gains[aligned].significant(config.z),
                    context + f"; a gain counts above {config.z:g} standard errors"),
-        Prediction(f"Weighted ridge: the least aligned student (a = {weighted['a'][least]:g}; 0 is isotropic) gains "
-                   "nothing over the optimally regularized isotropic teacher: the gain comes from the penalty's "
-                   "alignment (Section 3)", not gains[least].significant(config.z),
-                   f"a = {weighted['a'][least]:g}: gain {gains[least]} (may not exceed {config.z:g} standard errors)"),
+        Prediction("Weighted ridge: the isotropic student (a = 0) gains nothing over the optimally regularized "
+                   "isotropic teacher: the gain comes from the penalty's alignment (Section 3)",
+                   gains[isotropic].testable and not gains[isotropic].significant(config.z),
+                   f"a = 0: gain {gains[isotropic]} (may not exceed {config.z:g} standard errors)"),
         Prediction("Weighted ridge: the better aligned the student's penalty, the lower its error (Section 3)",
-                   all(step.mean > -config.z * step.stderr for step in steps),
-                   "gain of each alignment step over the previous: " + ", ".join(str(step) for step in steps)),
+                   overall.significant(config.z) and not rising,
+                   f"from a = 0 to a = {a[aligned]:g}: gain {overall} (must exceed {config.z:g} standard errors); "
+                   "each step: " + ", ".join(f"{a[e]:g} -> {a[l]:g}: {step}" for (e, l), step
+                                             in zip(zip(upto, upto[1:]), steps))
+                   + (f"; error rises significantly at {', '.join(rising)}" if rising else
+                      "; no step raises the error significantly"),
+                   partly=overall.significant(config.z) and bool(rising)),
     ]
 
 
 def _multi_index_predictions(config: MechanismsConfig, multi: dict) -> list[Prediction]:
     rows, rho = multi["rows"], multi["rho_S"]
-    pretrained, untrained = int(np.argmax(rho)), int(np.argmin(rho))
+    pretrained, untrained = int(np.argmax(rho)), rho.index(0.0)
     found = [Prediction(
-        "Multi-index: the student learns the easy direction u_1 from its teacher's labels, as well as the teacher "
-        "knows it (Section 4)",
+        "Multi-index (a consistency check, close to a tautology here: the teacher's labels are linear in "
+        "<w_1, x> plus a He_2 term orthogonal to every linear function, so the student's least squares recovers "
+        "the teacher's w_1 up to sampling noise): the student learns the easy direction u_1 from its teacher's "
+        "labels, as well as the teacher knows it (Section 4)",
         all(np.mean(row["student_u1"]) >= np.mean(row["teacher_u1"]) - 0.05 for row in rows),
         "; ".join(f"n/d = {row['n_over_d']:g}: |<w_1, u_1>| student {np.mean(row['student_u1']):.3f}, teacher "
                   f"{np.mean(row['teacher_u1']):.3f}" for row in rows) + " (the student may be at most 0.05 below)")]
@@ -369,7 +436,7 @@ def _multi_index_predictions(config: MechanismsConfig, multi: dict) -> list[Pred
     untrained_gains = [(row["n_over_d"], gain(row["teacher"], [errors[untrained] for errors in row["student"]]))
                        for row in rows]
     found.append(Prediction(
-        f"Multi-index: without the pretrained hard direction (rho_S = {rho[untrained]:g}) the student does not "
+        f"Multi-index: without the pretrained hard direction (rho_S = 0) the student does not "
         f"beat its teacher (Section 4)",
         not any(g.significant(config.z) for _, g in untrained_gains),
         "; ".join(f"n/d = {ratio:g}: gain {g}" for ratio, g in untrained_gains)))

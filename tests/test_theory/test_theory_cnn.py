@@ -74,5 +74,5 @@ def test_data_abundant_predictions_recomputed_from_a_tiny_run(single_thread):
     peak = max(large["test_acc"])
     assert peak > large["teacher_acc"] + 0.05 and large["test_acc"][-1] < peak - 0.02
     assert large["train_fit"][-1] > large["train_fit"][large["test_acc"].index(peak)]   # it fits wrong labels later
-    label_correction, overtraining = predictions(config, data)[2:4]
+    label_correction, overtraining = predictions(config, data)[1:3]
     assert label_correction.holds and overtraining.holds

@@ -48,12 +48,14 @@ def test_cli_bad_input_exits_2_with_one_line(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 3 and "expected a comma-separated list of float" in lines[0]
     assert "name the experiment first" in lines[1] and "valid: linear-to-nonlinear, mechanisms" in lines[2]
+    assert main(["theory", "all", "--set", "nosuch.x=1"]) == 2
+    assert "all" not in capsys.readouterr().err.split("valid:")[1]
 
 
 TINY = ["linear-to-nonlinear.d=30", "linear-to-nonlinear.n_curves=5,20,200", "linear-to-nonlinear.n_grid=5,20",
         "linear-to-nonlinear.nu_grid=2,4", "linear-to-nonlinear.T=100", "linear-to-nonlinear.n_test=500",
         "linear-to-nonlinear.seeds=1", "mechanisms.ridge.d=20", "mechanisms.weighted.d=20",
-        "mechanisms.multi_index.d=20", "mechanisms.multi_index.n_test=500", "mechanisms.seeds=3",
+        "mechanisms.multi_index.d=20", "mechanisms.multi_index.n_test=500", "mechanisms.seeds=2",
         "feature-elicitation.d=12", "feature-elicitation.K=3", "feature-elicitation.c=0,0.6",
         "feature-elicitation.curvature=0.5", "feature-elicitation.T=50", "feature-elicitation.n_test=500",
         "feature-elicitation.seeds=1", "feature-elicitation.seed=7"]
@@ -69,7 +71,8 @@ def test_theory_all_writes_every_plot_and_verdict(tmp_path, single_thread):
         for figure in record["figures"]:
             assert (tmp_path / "theory" / figure).stat().st_size > 0 and f"(theory/{figure})" in text
         for prediction in record["predictions"]:
-            verdict = "holds here" if prediction["holds"] else "does not hold here"
+            verdict = ("holds here" if prediction["holds"] else "partly holds here" if prediction["partly"]
+                       else "does not hold here")
             assert f"| {markdown_text(prediction['claim'])} | **{verdict}** |" in text
     recorded = json.loads((tmp_path / "theory" / "feature-elicitation.json").read_text())
     assert (recorded["seed"], recorded["config"]["c"], recorded["config"]["K"]) == (7, [0.0, 0.6], 3)
