@@ -10,13 +10,16 @@ A step must run m student attack passes and n teacher refinement passes (forward
 each) and one student update (forward + backward into the weights); the teacher's clean output
 comes from the cache. The floor times each of these passes in the same run, interleaved with the
 step, under bf16 autocast and in fp32, and keeps the faster: bf16 on a GPU (the hardware floor),
-fp32 on CPUs whose bf16 kernels are slower. It prints the medians, images/s, peak memory (CUDA:
+fp32 on CPUs whose bf16 kernels are slower; the floor's student passes keep every activation even
+with ``train.grad_checkpointing`` (so the ratio shows the recomputation's cost). It prints the
+medians, images/s, the peak memory of the step alone, measured before any floor pass (CUDA:
 allocated by torch; CPU: the process's peak resident set), a ``row=`` line of docs/hardware.md and,
 last, ``ratio=<number>``:
 
     ratio = time(step) / (m * student attack pass + n * teacher pass + student update pass)
 
-(target: at most 1.10). What the step adds on top: one no-grad student forward on x (the
+(target on a GPU: at most 1.10; on a CPU the times of these small models move by tens of percent
+from run to run on a shared machine). What the step adds on top: one no-grad student forward on x (the
 self-label), one no-grad teacher forward on x~ (IAR's target), the PGD arithmetic, clipping, AdamW.
 
     python bench/align_step.py [--home DIR]              # configs/embedded/adv-w2s.yaml on the CPU
@@ -43,7 +46,7 @@ from robust_w2s.align.setup import (Optimization, attack_keywords, median_entrop
                                     train_image_tower, update_in_bf16)
 from robust_w2s.errors import UserError
 from robust_w2s.layout import EMBEDDED, read_world
-from robust_w2s.models import load_model
+from robust_w2s.models import OpenClipSpec, load_model, network_config
 from robust_w2s.world.recipes import MODEL_CONFIG_DIR
 from robust_w2s.world.stages import WorldConfig
 from robust_w2s.zeroshot import ZeroShotClassifier
@@ -66,8 +69,13 @@ def _model(spec: str, device: str, home):
         except UserError:
             open_clip.add_model_config(MODEL_CONFIG_DIR)
             name = EMBEDDED_ARCHITECTURES[spec.removeprefix(EMBEDDED)]
-    else:
+    else:  # the network the spec's lineage builds (QuickGELU for OpenAI's), its weights random
         name = spec.partition("@")[0]
+        tag = spec.partition("@")[2].partition(":")[0]
+        quick_gelu = network_config(OpenClipSpec(name, tag=tag if tag in open_clip.list_pretrained_tags_by_model(
+            name) else None))[0]["quick_gelu"]
+        return (open_clip.create_model(name, force_quick_gelu=quick_gelu).to(device).eval(),
+                open_clip.get_tokenizer(name))
     return open_clip.create_model(name).to(device).eval(), open_clip.get_tokenizer(name)
 
 
@@ -102,7 +110,8 @@ def _resident_gib() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--config", help="alignment config (default: configs/paper/adv-w2s.yaml on cuda, "
                                          "configs/embedded/adv-w2s.yaml on cpu)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -115,7 +124,10 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     device, kind = torch.device(args.device), args.device.split(":")[0]
     config_path = args.config or ROOT / "configs" / ("paper" if cuda else "embedded") / "adv-w2s.yaml"
-    config = load_config(config_path, args.overrides)
+    try:
+        config = load_config(config_path, args.overrides)
+    except UserError as error:
+        parser.error(str(error))
     plan = Plan.build(config.method)
     method = plan.at(0)
     if not method.needs <= BENCHED_INPUTS:
@@ -149,13 +161,24 @@ def main() -> None:
     def step():
         train_step(method, batch, models, optimization, step=0, steps=config.train.steps, bf16=bf16_update)
 
+    # The floor's passes keep every activation: with train.grad_checkpointing the step pays for its
+    # recomputation, and the ratio shows that cost instead of hiding it in the floor.
+    def no_checkpointing(run):
+        def plain():
+            student_model.visual.set_grad_checkpointing(False)
+            try:
+                run()
+            finally:
+                student_model.visual.set_grad_checkpointing(config.train.grad_checkpointing)
+        return plain
+
     def input_gradient_pass(module, precision):  # one attack / refinement step: forward + input gradient
         def run():
             x = pixels.clone().requires_grad_(True)
             with torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 output = module(x)
             torch.autograd.grad(F.cross_entropy(output.float(), target, reduction="sum"), x)
-        return run
+        return no_checkpointing(run)
 
     def update_pass(precision):  # the student update: forward + backward into the weights
         def run():
@@ -163,17 +186,22 @@ def main() -> None:
                 loss = F.cross_entropy(heads(pixels).float(), target)
             loss.backward()
             optimizer.zero_grad(set_to_none=True)
-        return run
+        return no_checkpointing(run)
 
     passes = {"student_attack_pass": lambda p: input_gradient_pass(heads, p),
               "teacher_pass": lambda p: input_gradient_pass(teacher, p), "student_update_pass": update_pass}
     heads.eval()
+    # Peak memory of the step alone, before any floor pass (an fp32 pass keeps about twice the
+    # activations of a bf16 one, and the CPU's peak resident set cannot be reset).
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     loaded = 0.0 if cuda else _resident_gib()  # libraries, models, pixels: before any pass
+    step()
+    if cuda:
+        torch.cuda.synchronize()
+    peak = _peak_memory_gib(cuda)
     median = _interleaved_medians({"step": step} | {f"{key} {p}": make(p) for key, make in passes.items()
                                                     for p in ("bf16", "fp32")}, args.repeats, cuda)
-    peak = _peak_memory_gib(cuda)
     floor = {key: min(median[f"{key} bf16"], median[f"{key} fp32"]) for key in passes}
     total = m * floor["student_attack_pass"] + n * floor["teacher_pass"] + floor["student_update_pass"]
     images_per_s = batch_size / median["step"]

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# One prepared device check: install the wheels the GPU image lacks (carried in .whl/), run both
-# benchmarks at real scale and fill docs/hardware.md's device rows. Usage on the device machine:
+# One prepared device check: install the wheels the GPU image lacks, if carried in .whl/ (a machine
+# without internet: `pip download --only-binary=:all: -d .whl open_clip_torch torchattacks timm
+# datasets safetensors` here, then carry .whl/), run the benchmarks at real scale and fill
+# docs/hardware.md's device rows. On a machine with the package index, `pip install -e .` first and
+# no .whl/ is needed. Usage on the device machine:
 #   bash bench/device_run.sh        # writes $OUT/{attack_overhead,align_step}.log, $OUT/hardware.md
 # About 6 minutes on an H200; copy $OUT/hardware.md over docs/hardware.md afterwards.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp}
-python3 - <<'PY' || rm -f .whl/pyarrow-*.whl   # keep the image's pyarrow when it is new enough
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 - <<'PY' || rm -f .whl/pyarrow-*.whl   # keep the image's pyarrow when it is new enough
 import pyarrow, sys
 sys.exit(0 if int(pyarrow.__version__.split(".")[0]) < 24 else 1)
 PY
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
 # The project itself, as users install it: attacks/, eval/ and study/ become robust_w2s.attacks, ...
 # (no network there: the image's setuptools builds it).
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . || exit 1
