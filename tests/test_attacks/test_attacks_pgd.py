@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from robust_w2s.attacks import cross_entropy, feature_distance, inverse_adversarial, pgd
+from robust_w2s.attacks import cross_entropy, evaluation_pgd, feature_distance, inverse_adversarial, pgd
 
 
 def test_linf_pgd_reaches_the_known_optimum_of_a_linear_model(tm):
@@ -248,3 +248,22 @@ def test_precision_defaults_to_fp32_and_rejects_unknown_values(tm):
     assert model.autocast == [None] and model.outputs == [torch.float32]
     with pytest.raises(ValueError, match="unknown precision 'fp16'; valid: 'fp32', 'bf16'"):
         pgd(model, tm.images(2), torch.tensor([0, 1]), eps=0.03, steps=1, precision="fp16")
+
+
+def test_evaluation_pgd_never_runs_under_autocast():
+    """Evaluation attacks stay fp32 (DESIGN.md section 3), even when called inside a bf16 region."""
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(12, 3)
+
+        def forward(self, x):
+            seen.append(torch.is_autocast_enabled("cpu") or x.dtype != torch.float32)
+            return self.linear(x.flatten(1))
+
+    attack = evaluation_pgd(eps="4/255", steps=3, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attack(Recorder(), torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]))
+    assert seen and not any(seen)
