@@ -22,7 +22,7 @@ from .check import ZeroShotCheck
 from .config import AlignConfig
 from .inputs import Batch, Models, StepInputs
 from .methods import Method, Plan
-from .setup import Optimization, batches, prepare, setup_distributed, update_in_bf16
+from .setup import Optimization, batches, prepare, resolve_precision, setup_distributed, update_in_bf16
 from .state import RunLog, can_resume, restore, save_run
 
 DEPENDS_ON_FILE = "depends_on"  # train_or_resume: what the run was made for, beyond its config
@@ -51,6 +51,8 @@ def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume:
     models = session.models
     if dist.is_main:
         log.write({"event": "start", "step": start, "method": config.method.name, "world_size": dist.world_size,
+                   "device": str(dist.device), "attack_precision": resolve_precision(config.attack.precision, dist.device),
+                   "update_bf16": update_in_bf16(config, dist.device),
                    "teacher_entropy_median": None if models.entropy_median is None
                    else float(models.entropy_median)})
 

@@ -47,9 +47,11 @@ def test_kill_after_step_3_and_resume_equals_an_uninterrupted_run(world_home, ti
     steps = [json.loads(line).get("step") for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
              if "loss" in line]
     assert steps == [1, 2, 3, 4, 5, 6]  # log lines of the lost steps are not duplicated
-    starts = [json.loads(line)["step"] for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
+    starts = [json.loads(line) for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
               if '"event": "start"' in line]
-    assert starts == [0, 3]  # it did resume at step 3 (a restart would log one start, at 0)
+    assert [s["step"] for s in starts] == [0, 3]  # it did resume at step 3 (a restart would log one start, at 0)
+    # what actually ran is recorded, not the config's "auto": fp32 attacks and update on the CPU
+    assert all(s["attack_precision"] == "fp32" and s["update_bf16"] is False for s in starts)
     # the checkpoint is a folder plain open_clip loads
     model = open_clip.create_model(f"local-dir:{resumed}")
     assert model.visual is not None
