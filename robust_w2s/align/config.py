@@ -63,7 +63,7 @@ class TrainSettings:
     device: str = "auto"                 # "auto" (cuda if available), "cpu", "cuda"
     bf16: bool = True                    # bf16 autocast for the update's forward on GPU (attacks: attack.precision)
     grad_checkpointing: bool = False     # recompute the student image tower's activations in each backward:
-    # less activation memory for one more forward per gradient pass (measured: docs/hardware.md)
+    # less activation memory for one more forward per gradient pass (docs/hardware.md: the CPU cost; GPU rows to measure)
 
 
 @dataclass
