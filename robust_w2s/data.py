@@ -100,6 +100,8 @@ def load_hub_split(hub_id: str, split: str, *, data_files: str | None = None) ->
             if split not in available:
                 raise UserError(f"hf:{hub_id} has no split {split!r} (splits: {', '.join(available) or 'none'})")
             files = {split: list(available[split])}
+            if builder.name == "text":  # clip-benchmark's webdatasets: nshards.txt outvotes one .tar shard
+                files = {split: f"{split}/*.tar"}
         else:
             files = {split: data_files.format(split=split)}
         return datasets.load_dataset(root, data_files=files, split=split, revision=revision)

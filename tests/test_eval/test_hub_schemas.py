@@ -20,7 +20,7 @@ from PIL import Image
 from torchvision.transforms import ToTensor
 
 from robust_w2s.cli import main
-from robust_w2s.data import HUB_MIRROR_ENV, iterate_batches
+from robust_w2s.data import HUB_MIRROR_ENV, iterate_batches, load_image_dataset
 from robust_w2s.eval.benchmarks import resolve
 from robust_w2s.eval.registry import BENCHMARKS, SCHEMAS, SUITES
 from robust_w2s.eval.runner import EvalSettings, evaluate_benchmark
@@ -134,3 +134,14 @@ def test_paper14_on_hub_laid_fixtures_reaches_the_end_with_audits_passing(hub_mi
     assert all(r["n_samples"] == 3 and r["audits_passed"] for r in records), [
         (r["dataset"], [a for a in r["audits"].values() if not a["passed"]]) for r in records]
     assert code == 0
+
+
+def test_a_clip_benchmark_webdataset_loads_by_hub_id_too(hub_mirror, monkeypatch):
+    """As `--dataset hf:clip-benchmark/wds_vtab-pcam`: its one shard beside nshards.txt would make
+    `datasets` read the repository as text; the label column is found as `cls`."""
+    monkeypatch.setenv(HUB_MIRROR_ENV, str(hub_mirror))
+    dataset = load_image_dataset("hf:clip-benchmark/wds_vtab-pcam")
+    assert len(dataset) == 3 and {"cls", "webp"} <= set(dataset.column_names)
+    from robust_w2s.data import infer_label_schema
+    with pytest.raises(Exception, match="--classnames"):  # plain int labels carry no names
+        infer_label_schema(dataset)
