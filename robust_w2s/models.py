@@ -181,12 +181,6 @@ def _load_open_clip(spec: OpenClipSpec):
         raise UserError(f"{spec.weights} holds only the image tower ({published.layout}): name the pretrained "
                         f"tag it was fine-tuned from, to take the text tower from, e.g. "
                         f"{spec.name}@openai:{spec.weights}")
-    tags = open_clip.list_pretrained_tags_by_model(spec.name)
-    if spec.weights is not None and spec.tag is None and tags:
-        logging.getLogger(__name__).warning(
-            "%s: no lineage named, so built as open_clip's %s (quick_gelu=%s, its default preprocessing); "
-            "if the weights were fine-tuned from a pretrained tag, write %s@TAG:%s (tags: %s)", spec, spec.name,
-            model_cfg["quick_gelu"], spec.name, spec.weights, ", ".join(tags))
     with _quiet_open_clip():  # it warns "initialized randomly": weights are loaded below
         model = open_clip.create_model(spec.name, force_quick_gelu=model_cfg["quick_gelu"])
     open_clip.set_model_preprocess_cfg(model, preprocess)
