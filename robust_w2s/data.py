@@ -186,15 +186,6 @@ def _pick_split(splits, split: str | None, prefer: str, source) -> str:
                     f"local:{source}:SPLIT")
 
 
-def class_names(dataset: datasets.Dataset, label_column: str = "label") -> list[str]:
-    """The ``ClassLabel`` names of ``label_column``, in label-index order."""
-    require_columns(dataset, label_column)
-    feature = dataset.features[label_column]
-    if not isinstance(feature, datasets.ClassLabel):
-        raise UserError(f"column {label_column!r} has no class names ({feature}); pass --classnames FILE")
-    return list(feature.names)
-
-
 def require_columns(dataset: datasets.Dataset, *columns: str) -> None:
     """One-line error naming the first missing column and the ones that exist."""
     for column in columns:

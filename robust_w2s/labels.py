@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from .errors import UserError, unknown_name
 
@@ -29,12 +30,17 @@ class LabelSchema:
         if self.type == "string" and not self.ids:
             raise ValueError("a string label column needs its ids in class order")
 
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        """id -> class index, built once: alignment maps one row at a time."""
+        return {label: k for k, label in enumerate(self.ids)}
+
     def indices(self, values) -> "torch.Tensor":
         """int64 [B] class indices of a batch of raw label values."""
         import torch  # here, so that the registry (which holds schemas) imports without torch
 
         if self.type == "string":
-            index = {label: k for k, label in enumerate(self.ids)}
+            index = self._index
             unknown = [v for v in values if v not in index]
             if unknown:
                 raise UserError(f"label {unknown[0]!r} of column {self.column!r} is not among the {len(self.ids)} "

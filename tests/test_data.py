@@ -3,7 +3,7 @@ import torch
 from PIL import Image
 
 from robust_w2s import UserError, load_image_dataset, load_model
-from robust_w2s.data import class_names, iterate_batches, require_columns
+from robust_w2s.data import infer_label_schema, iterate_batches, require_columns
 from torchvision.transforms import ToTensor
 
 CLASSES = {"apple": (255, 0, 0), "banana": (255, 255, 0), "cherry": (128, 0, 64)}
@@ -19,7 +19,7 @@ def _image_folder(root, per_class=3):
 
 def test_image_folder_loads_with_the_right_labels(tmp_path):
     dataset = load_image_dataset(f"local:{_image_folder(tmp_path / 'fruit')}")
-    names = class_names(dataset)
+    names = infer_label_schema(dataset)[1]
     assert sorted(names) == sorted(CLASSES) and len(dataset) == 9
     for pixels, labels in iterate_batches(dataset, ToTensor(), batch_size=4):
         for image, label in zip(pixels, labels):
@@ -232,7 +232,7 @@ def test_file_and_class_names_are_not_read_as_splits(tmp_path):
         for stem in ("train_0", "test_1", "img_2"):
             Image.new("RGB", (4, 4)).save(tmp_path / "f" / name / f"{stem}.png")
     dataset = load_image_dataset(f"local:{tmp_path / 'f'}")
-    assert len(dataset) == 9 and sorted(class_names(dataset)) == ["steam_train", "train", "valley"]
+    assert len(dataset) == 9 and sorted(infer_label_schema(dataset)[1]) == ["steam_train", "train", "valley"]
 
 
 def test_missing_labels_and_sizes_are_one_line(world_home, tmp_path, capsys):
