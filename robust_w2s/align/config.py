@@ -78,6 +78,8 @@ class CheckSettings:
 class AlignConfig:
     method: MethodSettings = field(default_factory=MethodSettings)  # objective and its switches
     teacher: str = model_spec("weak-robust")  # frozen weak teacher: a model spec (DESIGN.md section 8)
+    teachers: list[str] = field(default_factory=list)  # several weak teachers: read by the guidances
+    # that combine them (method.guidance average or raven), in this order (teacher_weight_0, 1, ...)
     student: str = model_spec("strong")       # strong student: its image tower trains
     data: DataSettings = field(default_factory=DataSettings)
     attack: AttackSettings = field(default_factory=AttackSettings)
@@ -114,12 +116,19 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     return config
 
 
+# Keys of earlier releases: a config that uses one is told what replaced it.
+RETIRED_KEYS = {"method.eur": "method.reweighting (eur: true -> eur, false -> beta)",
+                "method.iar": "method.guidance (iar: true -> iar, false -> teacher)"}
+
+
 def apply(target, values: dict, prefix: str = "") -> None:
     """Set ``values`` (nested dicts) onto the dataclass ``target``, checking names and types."""
     fields = {f.name: f for f in dataclasses.fields(target)}
     hints = typing.get_type_hints(type(target))
     for key, value in values.items():
         name = f"{prefix}{key}"
+        if name in RETIRED_KEYS:
+            raise UserError(f"config key {name!r} was replaced by {RETIRED_KEYS[name]}")
         if key not in fields:
             raise unknown_name("config key", name, [f"{prefix}{field_name}" for field_name in fields])
         current = getattr(target, key)

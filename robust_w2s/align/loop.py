@@ -54,7 +54,7 @@ def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume:
                    "device": str(dist.device), "attack_precision": resolve_precision(config.attack.precision, dist.device),
                    "update_bf16": update_in_bf16(config, dist.device),
                    "teacher_entropy_median": None if models.entropy_median is None
-                   else float(models.entropy_median)})
+                   else float(models.entropy_median), **session.record})
 
     # The loop: identical for every method.
     bar = tqdm(total=run.steps, initial=start, disable=not dist.is_main, desc=config.method.name, unit="step")
@@ -131,6 +131,8 @@ def train_step(method: Method, batch: Batch, models: Models, optimization: Optim
     grad_norm = (torch.nn.utils.clip_grad_norm_(model.visual.parameters(), optimization.grad_clip)
                  if optimization.grad_clip > 0 else torch.zeros(()))
     optimization.optimizer.step()
+    if models.teacher_mixture is not None:  # weights of the guidance learned through the same loss (RAVEN)
+        models.teacher_mixture.step(step / steps)
     if optimization.ema is not None:
         optimization.ema.update(model, step=step + 1)
     return loss, terms, grad_norm

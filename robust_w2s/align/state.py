@@ -5,7 +5,8 @@ so a kill between writing ``checkpoint/`` and ``state/`` can never pair weights 
 an optimizer of another:
     student.safetensors   the student's weights at ``step``
     ema.safetensors       the EMA weights (only when EMA is on)
-    train_state.pt        optimizer, scheduler, step, data position, RNG states of every rank
+    train_state.pt        optimizer, scheduler, step, data position, RNG states of every rank,
+                          RAVEN's teacher weights and their optimizer (None for other methods)
                           (tensors and plain types only: read back with ``weights_only=True``)
     config.json           the run's config, to refuse resuming with different settings
 ``log.jsonl`` is appended line by line; on resume, the lines past the resumed step are dropped.
@@ -46,7 +47,7 @@ def restore_rng(state: dict, generators: dict[str, torch.Generator]) -> None:
 
 
 def save_state(folder: Path, *, model, ema, optimizer, scheduler, step: int, data_position: dict,
-               rng: list[dict], config: dict) -> None:
+               rng: list[dict], config: dict, mixture=None) -> None:
     """Write ``folder`` (see the module docstring) atomically. ``rng`` has one entry per rank."""
     with atomic_folder(folder) as staging:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
@@ -55,7 +56,8 @@ def save_state(folder: Path, *, model, ema, optimizer, scheduler, step: int, dat
             save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()},
                       staging / "ema.safetensors")
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "data_position": data_position, "rng": rng}, staging / "train_state.pt")
+                    "data_position": data_position, "rng": rng,
+                    "teacher_mixture": None if mixture is None else mixture.state()}, staging / "train_state.pt")
         (staging / "config.json").write_text(json.dumps(config, indent=2))
 
 
@@ -117,6 +119,8 @@ def restore(folder: Path, config: AlignConfig, dist, session) -> int:
     optimization.scheduler.load_state_dict(state["scheduler"])
     if optimization.ema is not None:
         optimization.ema.module.load_state_dict(state["ema"])
+    if session.models.teacher_mixture is not None:
+        session.models.teacher_mixture.load(state["teacher_mixture"])
     restore_rng(state["rng"][dist.rank], session.generators)
     return state["step"]
 
@@ -130,11 +134,14 @@ def save_run(output_dir: Path, config: AlignConfig, dist, session, *, step: int,
     if dist.is_main:
         optimization = session.optimization
         extra = {"method": config.method.name, "step": step, "config": to_dict(config)}
+        mixture = session.models.teacher_mixture
+        if mixture is not None:  # RAVEN's learned weights, by teacher spec
+            extra["teacher_weights"] = dict(zip(config.teachers, mixture.weights.tolist()))
         save_checkpoint(optimization.exported, output_dir / "checkpoint", extra=extra)
         save_state(output_dir / "state", model=optimization.model,
                    ema=None if optimization.ema is None else optimization.ema.module,
                    optimizer=optimization.optimizer, scheduler=optimization.scheduler, step=step,
-                   data_position=data_position, rng=rng, config=to_dict(config))
+                   data_position=data_position, rng=rng, config=to_dict(config), mixture=mixture)
     if dist.world_size > 1:
         torch_dist.barrier()
 
