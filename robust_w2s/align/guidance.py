@@ -37,7 +37,7 @@ def knn_graph(embeddings: Tensor, neighbours: int, chunk: int = 4096) -> Tensor:
     edges = torch.unique(torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])]), dim=1)
     degree = torch.bincount(edges[0], minlength=n).float()
     values = degree[edges[0]].rsqrt() * degree[edges[1]].rsqrt()
-    return torch.sparse_coo_tensor(edges, values, (n, n)).coalesce()
+    return torch.sparse_coo_tensor(edges, values, (n, n), check_invariants=True).coalesce()
 
 
 def label_propagation(graph: Tensor, probs: Tensor, alpha: float, iterations: int) -> Tensor:
