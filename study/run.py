@@ -28,6 +28,9 @@ from robust_w2s.world.stages import WorldConfig, build_world
 from .plan import CURVE_MODELS, RUNS, TABLE_B, StudySettings, run_overrides, study_models
 
 MARKER = "study-job.json"
+# Every model's main evaluation: PGD-20, then APGD-CE (100 steps) on the samples PGD-20 left robust; claims
+# are judged by the per-sample worst case of the two, never by PGD-20 alone.
+MAIN_ATTACKS = ("pgd", "apgd-ce")
 PRIORITY = {"autoattack": 0, "train": 1, "main": 2, "curve": 3}  # long jobs first, so the pool ends level
 
 
@@ -128,7 +131,7 @@ def plan_jobs(settings: StudySettings, work: Path, world: dict) -> list[Job]:
 
     autoattack_seeds = set(settings.seeds[:settings.autoattack_seeds])
     for model in study_models(settings):
-        jobs.append(evaluation(model, "main", attacks=("pgd",), eps_values=(eps,), n_samples=settings.n_eval))
+        jobs.append(evaluation(model, "main", attacks=MAIN_ATTACKS, eps_values=(eps,), n_samples=settings.n_eval))
         if model.group in TABLE_B and (model.seed is None or model.seed in autoattack_seeds):
             # One job per task: standard AutoAttack is the study's longest work; finer jobs balance the pool.
             tasks = world["tasks"] if settings.autoattack_all_tasks else [world["alignment_task"]]
@@ -237,8 +240,11 @@ def collect(jobs: list[Job], settings: StudySettings, world: dict, *, wall_secon
             checkpoint = read_checkpoint_config(Path(job.folder) / "checkpoint")["robust_w2s"]
             log = [json.loads(line) for line in (Path(job.folder) / "log.jsonl").read_text().splitlines()]
             last = [line for line in log if "loss" in line][-1]
+            start = next(line for line in log if line.get("event") == "start")
             training[job.model] = {"config": checkpoint["config"], "steps": checkpoint["step"],
-                                   "final_loss": last["loss"], "seconds": job_seconds(job)}
+                                   "final_loss": last["loss"], "seconds": job_seconds(job),
+                                   # RAVEN's learned weights by teacher; P(IK)'s held-out record
+                                   "teacher_weights": checkpoint.get("teacher_weights"), "pik": start.get("pik")}
             continue
         model = groups[job.model]
         # The eval suite's record as written, under the study's own keys for the model and the job.
@@ -252,8 +258,8 @@ def collect(jobs: list[Job], settings: StudySettings, world: dict, *, wall_secon
                   "wall_seconds": wall_seconds, "job_seconds": sum(job_seconds(job) for job in jobs),
                   "workers": workers, "cpu_count": os.cpu_count(), "machine": platform.machine(),
                   "versions": package_versions()},
-        "world": {key: world[key] for key in ("epsilon", "teacher_train_epsilon", "alignment_task", "tasks",
-                                             "seed", "fingerprint")},
+        "world": {key: world.get(key) for key in ("epsilon", "teacher_train_epsilon", "alignment_task", "tasks",
+                                                 "seed", "fingerprint", "measured")},
         "training": training,
         "records": records,
     }
