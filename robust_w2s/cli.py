@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "robust_vs_eps.png in --output-dir.", epilog=EPILOG,
         formatter_class=_Formatter)
     _add_target(evaluate)
-    evaluate.add_argument("--attack", help="comma list of pgd, apgd (APGD-CE + APGD-T), autoattack "
+    evaluate.add_argument("--attack", help="comma list of pgd, apgd-ce (APGD-CE alone), apgd (APGD-CE + APGD-T), autoattack "
                                            "(standard AA); default: the protocol's")
     evaluate.add_argument("--eps", help="comma list of Linf radii, e.g. 1/255,4/255; default: the protocol's")
     evaluate.add_argument("--protocol", help="tecoa, fare, autoattack or embedded (default: embedded for "

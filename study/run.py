@@ -68,6 +68,7 @@ class EvalJob:
     upstream: str            # fingerprint of the training job (or of the world)
     tasks: tuple[str, ...] = ()  # () = every task of the world
     needs: str | None = None
+    cascade: bool = False    # later attacks only on what earlier ones left robust (EvalSettings.cascade)
 
     def run(self, home) -> None:
         from robust_w2s.eval.benchmarks import EMBEDDED_PGD_STEPS, resolve
@@ -80,7 +81,8 @@ class EvalJob:
             stale.unlink()
         benchmarks = [b for b in resolve("embedded", None, home) if not self.tasks or task_name(b) in self.tasks]
         settings = EvalSettings(attacks=self.attacks, eps=self.eps, pgd_steps=EMBEDDED_PGD_STEPS,
-                                n_samples=self.n_samples, seed=self.eval_seed, audit_samples=self.audit_samples)
+                                n_samples=self.n_samples, seed=self.eval_seed, audit_samples=self.audit_samples,
+                                cascade=self.cascade)
         run_eval(self.spec, benchmarks, settings, folder, home=home, protocol="embedded")
 
 
@@ -119,7 +121,7 @@ def plan_jobs(settings: StudySettings, work: Path, world: dict) -> list[Job]:
             trained[model] = job
             jobs.append(job)
 
-    def evaluation(model, kind, *, attacks, eps_values, n_samples, tasks=()):
+    def evaluation(model, kind, *, attacks, eps_values, n_samples, tasks=(), cascade=False):
         source = trained.get(model.id)
         suffix = f"/{tasks[0]}" if tasks else ""
         return EvalJob(key=f"{kind} {model.id}{suffix}", model=model.id,
@@ -127,11 +129,12 @@ def plan_jobs(settings: StudySettings, work: Path, world: dict) -> list[Job]:
                        spec=str(Path(source.folder) / "checkpoint") if source else model_spec(model.id),
                        attacks=attacks, eps=eps_values, n_samples=n_samples, eval_seed=settings.eval_seed,
                        audit_samples=settings.audit_samples, upstream=fingerprint(source) if source else world_fp,
-                       tasks=tasks, needs=source.key if source else None)
+                       tasks=tasks, needs=source.key if source else None, cascade=cascade)
 
     autoattack_seeds = set(settings.seeds[:settings.autoattack_seeds])
     for model in study_models(settings):
-        jobs.append(evaluation(model, "main", attacks=MAIN_ATTACKS, eps_values=(eps,), n_samples=settings.n_eval))
+        jobs.append(evaluation(model, "main", attacks=MAIN_ATTACKS, eps_values=(eps,), n_samples=settings.n_eval,
+                               cascade=True))
         if model.group in TABLE_B and (model.seed is None or model.seed in autoattack_seeds):
             # One job per task: standard AutoAttack is the study's longest work; finer jobs balance the pool.
             tasks = world["tasks"] if settings.autoattack_all_tasks else [world["alignment_task"]]

@@ -154,3 +154,25 @@ def test_claimed_success_without_an_adversarial_image_cannot_lower_a_number(monk
     assert rows["apgd"]["worst_case_acc"] == rows["pgd"]["robust_acc"] < result["clean_acc"]
     clean_correct = round(result["clean_acc"] * result["n_samples"])
     assert f"apgd: {clean_correct} claimed successes not confirmed" in rows["apgd"]["audits"]["nested"]["detail"]
+
+
+def test_cascade_attacks_only_what_earlier_attacks_left_robust(monkeypatch):
+    import robust_w2s.eval.runner as runner
+    attacked = []
+    real_attack = runner._attack
+
+    def counting(name, classifier, pixels, labels, **keywords):
+        attacked.append((name, len(labels)))
+        return real_attack(name, classifier, pixels, labels, **keywords)
+
+    monkeypatch.setattr(runner, "_attack", counting)
+    settings = EvalSettings(attacks=("pgd", "apgd-ce"), eps=(2 / 255,), pgd_steps=3, batch_size=48, audit_samples=4,
+                            cascade=True)
+    result = evaluate_benchmark(Linear(), _dataset(Linear()), BENCHMARK, transform=ToTensor(), settings=settings)
+    rows = {row["attack"]: row for row in result["rows"]}
+    survivors = round(rows["pgd"]["robust_acc"] * 48)
+    assert 0 < survivors < 48  # PGD-3 at 2/255 breaks some of these images, not all
+    assert attacked[:2] == [("pgd", 48), ("apgd-ce", survivors)]  # APGD-CE saw only PGD's survivors
+    # its row is the worst case of both, and never above PGD's
+    assert rows["apgd-ce"]["robust_acc"] == rows["apgd-ce"]["worst_case_acc"] <= rows["pgd"]["robust_acc"]
+    assert all(_audits(result).values())
