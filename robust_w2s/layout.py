@@ -2,7 +2,7 @@
 
     HOME                      --home, else $RW2S_HOME, else $XDG_CACHE_HOME/robust_w2s (~/.cache/robust_w2s)
     HOME/world/world.json     the world's record (epsilon, alignment task, tasks, class names, ...)
-    HOME/world/data/SPLIT/    save_to_disk folders: each task's test split and the alignment split
+    HOME/world/data/SPLIT/    save_to_disk folders: each task's test split and the alignment splits
     HOME/world/MODEL/         checkpoint folders, one per name in WORLD_MODELS
     HOME/world/runs/MODEL/    the alignment run that trained a world model (weak-robust), resumable
     HOME/cache/text_heads/    zero-shot text heads, keyed by text tower, class names and templates
@@ -18,8 +18,11 @@ from pathlib import Path
 from .errors import UserError, unknown_name
 
 EMBEDDED = "embedded:"                             # prefix of the world's model and dataset specs
-WORLD_MODELS = ("weak", "weak-robust", "strong")   # the world's CLIPs, as folder and spec names
+# The world's CLIPs, as folder and spec names: the weak and strong CLIPs, the robust weak teacher,
+# and two more weak teachers for multi-teacher methods (one pretrained on outline drawings, one poor).
+WORLD_MODELS = ("weak", "weak-robust", "strong", "weak-outline", "weak-poor")
 ALIGNMENT_SPLIT = "alignment"                      # the unlabelled alignment split's folder name
+SHIFTED_ALIGNMENT_SPLIT = "alignment-shifted"      # the same, mostly outline drawings and textured scenes
 RECORD_FILE = "world.json"
 
 Home = str | os.PathLike | None
@@ -62,7 +65,7 @@ def training_dir(name: str, home: Home = None) -> Path:
 
 
 def data_dir(split: str, home: Home = None) -> Path:
-    """The save_to_disk folder of a world split: a task's name or ``ALIGNMENT_SPLIT``."""
+    """The save_to_disk folder of a world split: a task's name or an alignment split's."""
     return world_dir(home) / "data" / split
 
 

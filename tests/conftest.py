@@ -11,9 +11,12 @@ from robust_w2s.world.recipes import PretrainSettings, RobustSettings
 from robust_w2s.world.stages import WorldConfig, build_world
 
 TINY_WORLD = WorldConfig(
-    seed=0, test_size=48, alignment_size=128, robust_check_size=16,
+    seed=0, test_size=48, alignment_size=128, robust_check_size=16, alignment_check_size=96,
     weak=PretrainSettings("rw2s-weak", "weak", corpus_size=512, steps=8, batch_size=64, warmup=2),
     strong=PretrainSettings("rw2s-strong", "strong", corpus_size=512, steps=8, batch_size=64, warmup=2),
+    weak_outline=PretrainSettings("rw2s-weak", "outline", corpus_size=256, steps=4, batch_size=64, warmup=1,
+                                  start="weak"),
+    weak_poor=PretrainSettings("rw2s-weak", "weak", corpus_size=128, steps=2, batch_size=64, warmup=1),
     robust=RobustSettings(steps=3, batch_size=32, pgd_steps=2),
 )
 

@@ -1,8 +1,9 @@
 """How the embedded world's CLIPs are trained: the training recipes, apart from the stage caching
 of :mod:`robust_w2s.world.stages` that decides when to run them.
 
-- :func:`contrastive_pretrain`: a weak or a strong CLIP from scratch on its own captioned corpus,
-  with open_clip's contrastive loss (``ClipLoss``).
+- :func:`contrastive_pretrain`: a CLIP on its own captioned corpus with open_clip's contrastive loss
+  (``ClipLoss``), from scratch (the weak, the strong and the poor weak CLIP) or continued from another
+  world model (the outline teacher: the weak CLIP, further pretrained on outline drawings).
 - :func:`robust_teacher_config`: the robust weak teacher is the weak CLIP after the alignment
   harness's ``tecoa`` method (the same TeCoA that students get) on the labelled alignment split.
 """
@@ -34,6 +35,7 @@ class PretrainSettings:
     lr: float = 1e-3             # peak AdamW learning rate after warm-up, then cosine to 0
     warmup: int = 50             # warm-up steps
     weight_decay: float = 0.1    # AdamW decay (timm excludes biases and norms)
+    start: str = ""              # world model whose weights it continues from ("": from scratch)
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,15 @@ class RobustSettings:
     pgd_steps: int = 3           # PGD steps of the training attack (step size 2.5 * eps / steps)
 
 
-def contrastive_pretrain(settings: PretrainSettings, seed: int, image_size: int):
-    """A fresh open_clip model trained with CLIP's contrastive loss on its corpus: (model, tokenizer)."""
+def contrastive_pretrain(settings: PretrainSettings, seed: int, image_size: int, start=None):
+    """An open_clip model trained with CLIP's contrastive loss on its corpus: (model, tokenizer).
+    It starts fresh, or from ``start`` (a model of ``settings.architecture``, trained in place)."""
     torch.manual_seed(seed)
     open_clip.add_model_config(MODEL_CONFIG_DIR)
-    model = open_clip.create_model(settings.architecture)
-    model.rw2s_model_cfg = open_clip.get_model_config(settings.architecture)
+    model = start
+    if model is None:
+        model = open_clip.create_model(settings.architecture)
+        model.rw2s_model_cfg = open_clip.get_model_config(settings.architecture)
     tokenizer = open_clip.get_tokenizer(settings.architecture)
     images, captions = corpus_arrays(settings.corpus, settings.corpus_size, seed, image_size)
     images = torch.from_numpy(images).permute(0, 3, 1, 2)

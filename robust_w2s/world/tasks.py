@@ -1,4 +1,4 @@
-"""The embedded world's data: pretraining corpora, zero-shot tasks and the alignment split.
+"""The embedded world's data: pretraining corpora, zero-shot tasks and the alignment splits.
 
 Every split is a ``datasets.Dataset`` (columns ``image`` and ``label`` with ``ClassLabel`` names,
 or ``image`` and ``caption`` for corpora), drawn deterministically from (world seed, split name).
@@ -8,6 +8,11 @@ drawing style and background and its captions name every attribute, while the we
 mostly plain filled shapes described by shape and colour, with size, position, outlines and
 textures rare. The alignment task (shape, plain filled scenes) is one both know well; the
 strong model's headroom lies in the other tasks.
+
+Two more weak teachers give a multi-teacher method something to weigh: one pretrained on a corpus of
+mostly outline drawings (competent on ``outline-shape``, where the others are not) and a clearly poor
+one (briefly trained on the weak corpus). The shifted alignment split is mostly outlines and
+textured backgrounds, as RAVEN's alignment data is shifted from its teachers' strengths.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
+from ..layout import ALIGNMENT_SPLIT, SHIFTED_ALIGNMENT_SPLIT
 from .scenes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, caption, render
 
 SHAPE_TEMPLATES = ("a {}.", "a picture of a {}.", "an image of a {}.", "a photo of a {}.")
@@ -35,9 +41,11 @@ class Corpus:
     textured_rate: float               # fraction of scenes on a textured background
 
 
+_WEAK_MENTION = {"shape": 0.9, "colour": 0.8, "size": 0.1, "position": 0.3, "style": 0.5}
 CORPORA = {
-    "weak": Corpus({"shape": 0.9, "colour": 0.8, "size": 0.1, "position": 0.3, "style": 0.5},
-                   outline_rate=0.15, textured_rate=0.1),
+    "weak": Corpus(_WEAK_MENTION, outline_rate=0.15, textured_rate=0.1),
+    # The weak corpus's captions over mostly outline drawings (a sketch collection).
+    "outline": Corpus(_WEAK_MENTION, outline_rate=0.8, textured_rate=0.1),
     "strong": Corpus({"shape": 0.85, "colour": 0.7, "size": 0.8, "position": 0.6, "style": 0.9,
                       "background": 0.5}, outline_rate=0.35, textured_rate=0.5),
 }
@@ -84,17 +92,34 @@ TASKS = {
 ALIGNMENT_TASK = "shape"
 
 
-def _alignment_scene(rng: np.random.Generator) -> tuple[Scene, int]:
-    """The alignment split: unlabelled images like the shape task's, with some outline drawings
-    and textured backgrounds mixed in, as a web-scale training set mixes styles (ImageNet holds
-    drawings too). Its shape labels are read only by methods defined with labels."""
-    style = "outline" if rng.random() < 0.15 else "filled"
-    background = TEXTURED[rng.integers(len(TEXTURED))] if rng.random() < 0.15 else "plain"
-    scene = _random_scene(rng, style=style, background=background)
-    return scene, SHAPES.index(scene.shape)
+def _styled_scene(rng: np.random.Generator, outline_rate: float, textured_rate: float) -> Scene:
+    """A random scene drawn as an outline with probability ``outline_rate`` and, independently, on a
+    textured background with probability ``textured_rate``."""
+    style = "outline" if rng.random() < outline_rate else "filled"
+    background = TEXTURED[rng.integers(len(TEXTURED))] if rng.random() < textured_rate else "plain"
+    return _random_scene(rng, style=style, background=background)
 
 
-ALIGNMENT = Task(SHAPES, SHAPE_TEMPLATES, _alignment_scene)
+def _alignment_sampler(outline_rate: float, textured_rate: float):
+    def sample(rng: np.random.Generator) -> tuple[Scene, int]:
+        scene = _styled_scene(rng, outline_rate, textured_rate)
+        return scene, SHAPES.index(scene.shape)
+    return sample
+
+
+# The alignment splits: unlabelled images of the alignment task's classes, classified with its class
+# names and prompts (their shape labels are read only by methods defined with labels).
+_ALIGNED = TASKS[ALIGNMENT_TASK]
+ALIGNMENT_SPLITS = {
+    # Like the shape task's images, with some outline drawings and textured backgrounds mixed in, as
+    # a web-scale training set mixes styles (ImageNet holds drawings too).
+    ALIGNMENT_SPLIT: Task(_ALIGNED.classnames, _ALIGNED.templates,
+                          _alignment_sampler(outline_rate=0.15, textured_rate=0.15)),
+    # Under distribution shift: mostly outline drawings and textured backgrounds (a quarter of its
+    # scenes are plain filled ones), where the weak teachers differ most.
+    SHIFTED_ALIGNMENT_SPLIT: Task(_ALIGNED.classnames, _ALIGNED.templates,
+                                  _alignment_sampler(outline_rate=0.6, textured_rate=0.4)),
+}
 GENERATOR_VERSION = 2  # bump when rendering, captions or samplers change: cached worlds are rebuilt
 
 
@@ -108,9 +133,9 @@ def _image_feature_rows(images: list[np.ndarray]) -> list[Image.Image]:
 
 
 def task_dataset(task: str, n: int, seed: int, *, split: str = "test", image_size: int = 32) -> datasets.Dataset:
-    """``n`` labelled scenes of ``task`` (columns ``image``, ``label``); task "alignment" gives
-    the alignment split."""
-    spec = ALIGNMENT if task == "alignment" else TASKS[task]
+    """``n`` labelled scenes of ``task`` (columns ``image``, ``label``), a task's name or an
+    alignment split's (a key of ``ALIGNMENT_SPLITS``)."""
+    spec = ALIGNMENT_SPLITS[task] if task in ALIGNMENT_SPLITS else TASKS[task]
     rng = split_rng(seed, f"{task}/{split}")
     scenes, labels = zip(*(spec.sample(rng) for _ in range(n)))
     images = [render(scene, rng, image_size) for scene in scenes]
@@ -126,9 +151,7 @@ def corpus_arrays(corpus: str, n: int, seed: int, image_size: int = 32) -> tuple
     rng = split_rng(seed, f"corpus/{corpus}")
     images, captions = [], []
     for _ in range(n):
-        style = "outline" if rng.random() < spec.outline_rate else "filled"
-        background = TEXTURED[rng.integers(len(TEXTURED))] if rng.random() < spec.textured_rate else "plain"
-        scene = _random_scene(rng, style=style, background=background)
+        scene = _styled_scene(rng, spec.outline_rate, spec.textured_rate)
         images.append(render(scene, rng, image_size))
         captions.append(caption(scene, rng, spec.mention))
     return np.stack(images), captions
