@@ -8,7 +8,8 @@ record with its audits): every evaluation there runs the project's own attacks o
 masked gradients, so every audit failure is a false alarm. Prints, per audit, the checks (an audit
 is computed once per scope: ``in_threat_model`` per result, ``nested`` per (job, model, task, eps),
 the others per (job, model, task) evaluation, repeated in each of its results), the failures and
-their rate, and how many results failed any audit.
+their rate, the checks whose detail reports sound attacks or radii disagreeing per sample (what
+the audits before issue 15 could fail), and how many results failed any audit.
 
 Without results.json in the folder (or with ``--monte-carlo``): the same count over a Monte-Carlo
 of the embedded world: its three models on every task, PGD-20 and APGD at 1, 2 and 4/255, each
@@ -54,22 +55,26 @@ def monte_carlo_records(home: str | None, repeats: int, n_samples: int, audit_sa
     return records
 
 
-def tally(records: list[tuple[str, EvalRecord]]) -> dict[str, tuple[int, int]]:
-    """audit name -> (checks, failures), each check counted once over the results that repeat it."""
-    checks: dict[str, dict[tuple, bool]] = defaultdict(dict)
+def tally(records: list[tuple[str, EvalRecord]]) -> dict[str, tuple[int, int, int]]:
+    """audit name -> (checks, failures, checks whose detail reports per-sample disagreements as
+    information: those the audits before issue 15 could fail), each check counted once over the
+    results that repeat it."""
+    checks: dict[str, dict[tuple, tuple[bool, bool]]] = defaultdict(dict)
     for job, record in records:
         for name, audit in record.audits.items():
             key = (job, record.model, record.dataset, *(getattr(record, field) for field in SCOPE.get(name, ())))
-            checks[name][key] = checks[name].get(key, True) and audit["passed"]
-    return {name: (len(outcomes), sum(not passed for passed in outcomes.values()))
+            passed, informative = checks[name].get(key, (True, False))
+            checks[name][key] = (passed and audit["passed"], informative or "information:" in audit["detail"])
+    return {name: (len(outcomes), sum(not passed for passed, _ in outcomes.values()),
+                   sum(informative for _, informative in outcomes.values()))
             for name, outcomes in sorted(checks.items())}
 
 
 def report(records: list[tuple[str, EvalRecord]], source: str) -> str:
     lines = [f"{len(records)} evaluation results ({source})", "",
-             "| audit | checks | failures | false-alarm rate |", "|---|---|---|---|"]
-    for name, (count, failures) in tally(records).items():
-        lines.append(f"| {name} | {count} | {failures} | {failures / count:.2%} |")
+             "| audit | checks | failures | false-alarm rate | disagreements reported |", "|---|---|---|---|---|"]
+    for name, (count, failures, informative) in tally(records).items():
+        lines.append(f"| {name} | {count} | {failures} | {failures / count:.2%} | {informative} |")
     failed = [(job, record) for job, record in records if not record.audits_passed]
     lines += ["", f"results failing any audit: {len(failed)} of {len(records)} ({len(failed) / len(records):.2%})"]
     lines += [f"- {job} / {record.dataset} / {record.attack} @ {record.eps_label}: {'; '.join(record.failed_audits)}"
