@@ -10,11 +10,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from robust_w2s import configs
-from robust_w2s.layout import WORLD_MODELS, model_spec
+from robust_w2s.layout import SHIFTED_ALIGNMENT_SPLIT, WORLD_MODELS, model_spec
 
 CONFIG_DIR = Path(configs.__file__).parent / "embedded"  # configs/embedded/ (package data when installed)
 NATURAL_TEACHER, ROBUST_TEACHER = model_spec("weak"), model_spec("weak-robust")
-SHIFTED_SPLIT = "alignment-shifted"  # the alignment split under distribution shift (mostly outlines, textures)
+SHIFTED_SPLIT = SHIFTED_ALIGNMENT_SPLIT  # the alignment split under distribution shift (mostly outlines, textures)
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ RUNS: tuple[Run, ...] = (
 
 # The world's own models (layout.WORLD_MODELS) are evaluated once: they do not depend on the seeds.
 WORLD_LABELS = {"weak": "natural weak teacher", "weak-robust": "robust weak teacher (TeCoA)",
-                "strong": "strong, undefended"}
+                "strong": "strong, undefended", "weak-outline": "outline weak teacher", "weak-poor": "poor weak teacher"}
 CEILING = "tecoa"  # DESIGN.md section 5: the strong ceiling is TeCoA with labels on the same data and budget
 
 # Table B (paper's Table 2): the defences side by side, with standard AutoAttack.
