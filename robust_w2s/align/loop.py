@@ -43,10 +43,11 @@ def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume:
 
     # Setup: data (labels only if declared), models, teacher cache, optimizer (setup.prepare).
     session = prepare(config, plan, dist, world=world, home=home)
-    start = restore(output_dir / "state", config, dist, session) if resume else 0
     check = (ZeroShotCheck.on_world(session.optimization.exported, session.tokenizer, world, config.check,
                                     eps=session.models.attack["eps"], home=home, seed=run.seed)
              if dist.is_main else None)
+    # Restored last: whatever the setup draws from the global RNG, the loop continues its saved stream.
+    start = restore(output_dir / "state", config, dist, session) if resume else 0
     log = RunLog(output_dir / "log.jsonl", start, enabled=dist.is_main, fresh=not resume)
     models = session.models
     if dist.is_main:
