@@ -33,6 +33,8 @@ def test_kill_after_step_3_and_resume_equals_an_uninterrupted_run(world_home, ti
         else:
             train_or_resume(config, tmp_path / "killed", home=world_home, depends_on="world A")
     monkeypatch.setattr(state, "save_state", real_save_state)
+    with open(tmp_path / "killed" / "log.jsonl", "a") as log:
+        log.write('{"step": 4, "loss": 2.0')  # a line the kill cut short
     if route == "--resume":
         resumed = train(config, tmp_path / "killed", home=world_home, resume=True)
     else:  # what the study and the world build call: it finds the state and continues
@@ -76,6 +78,12 @@ def test_train_or_resume_replaces_a_run_of_another_config_or_another_world(world
                     depends_on="world B")
     assert log() == ([1, 2, 3], [0])  # another config: replaced too
     assert json.loads((tmp_path / "run" / "state" / "config.json").read_text())["optim"]["lr"] == 5e-4
+    weights = (tmp_path / "run" / "checkpoint" / WEIGHTS_FILE).read_bytes()
+    (tmp_path / "run" / "checkpoint" / WEIGHTS_FILE).unlink()  # deleted after the run finished
+    train_or_resume(tiny_config("train.steps=3", "optim.lr=5e-4"), tmp_path / "run", home=world_home,
+                    depends_on="world B")
+    assert log() == ([1, 2, 3], [0])  # redone from the start (its state cannot give the checkpoint back)
+    assert (tmp_path / "run" / "checkpoint" / WEIGHTS_FILE).read_bytes() == weights
 
 
 def test_the_random_student_draws_random_numbers_in_its_forward(random_student, world_home):
