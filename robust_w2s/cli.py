@@ -7,6 +7,7 @@ command imports what it runs inside its function, so ``--help`` does not wait fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -274,11 +275,16 @@ def _run_convert(args) -> int:
 
 def _run_align(args) -> int:
     from .align import load_config, train
+    from .checkpoints import exclusive_folder
 
     config = load_config(args.config, args.overrides)
     output_dir = args.output_dir or str(Path("runs/align") / Path(args.config).stem)
-    checkpoint = train(config, output_dir, home=args.home, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:
+    # One run per folder: a second one refuses instead of mixing its states with this one's. Under
+    # torchrun, rank 0 (the one that writes) holds the lock.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    with exclusive_folder(output_dir) if main_process else contextlib.nullcontext():
+        checkpoint = train(config, output_dir, home=args.home, resume=args.resume)
+    if main_process:
         print(f"checkpoint: {checkpoint} (log: {Path(output_dir) / 'log.jsonl'})")
     return 0
 
@@ -288,6 +294,7 @@ def _run_demo(args) -> int:
 
     import torch
 
+    from .checkpoints import exclusive_folder
     from .study import FULL, QUICK, run_study
 
     settings = QUICK if args.quick else FULL
@@ -304,8 +311,9 @@ def _run_demo(args) -> int:
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     output_dir = args.output_dir or ("runs/demo-quick" if args.quick else "runs/demo")
-    report = run_study(settings, output_dir, home=args.home, workers=workers, report_dir=args.report_dir,
-                       command=" ".join(["robust-w2s", *sys.argv[1:]]))
+    with exclusive_folder(output_dir):  # one study per folder: a second one refuses
+        report = run_study(settings, output_dir, home=args.home, workers=workers, report_dir=args.report_dir,
+                           command=" ".join(["robust-w2s", *sys.argv[1:]]))
     print(f"report: {report}")
     return 0
 

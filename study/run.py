@@ -1,8 +1,10 @@
 """Running the study: jobs (train one run for one seed, evaluate one model), cached, run by a pool.
 
 Each job writes into its own folder and, last, a marker with its fingerprint (the job's fields,
-the world's fingerprint and the fingerprint of the job it needs), so a killed or repeated study
-redoes only what is missing or stale; a killed training resumes from its ``state/``.
+the world's fingerprint and the fingerprint of the job it needs) and the size of each output the
+study reads, so a killed or repeated study redoes only what is missing or stale: a job killed
+before its marker, and a finished job whose outputs were deleted or replaced since. A killed
+training resumes from its ``state/``.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from robust_w2s.checkpoints import atomic_write_text
+from robust_w2s.checkpoints import CONFIG_FILE, WEIGHTS_FILE, atomic_write_text
 from robust_w2s.errors import UserError
 from robust_w2s.layout import model_spec
 from robust_w2s.world.stages import WorldConfig, build_world
@@ -51,6 +53,11 @@ class TrainJob:
         # A killed run continues where it stopped; one of another config or world starts over.
         train_or_resume(load_config(self.config, list(self.overrides)), self.folder, home=home,
                         depends_on=self.upstream)
+
+    def outputs(self) -> list[Path]:
+        """What the study reads of a finished training (:func:`collect`, the evaluations)."""
+        folder = Path(self.folder)
+        return [folder / "checkpoint" / CONFIG_FILE, folder / "checkpoint" / WEIGHTS_FILE, folder / "log.jsonl"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,10 @@ class EvalJob:
                                 cascade=self.cascade)
         run_eval(self.spec, benchmarks, settings, folder, home=home, protocol="embedded")
 
+    def outputs(self) -> list[Path]:
+        """The evaluation records (one JSON per task, attack and eps), as :func:`collect` reads them."""
+        return sorted(path for path in Path(self.folder).glob("*.json") if path.name != MARKER)
+
 
 Job = TrainJob | EvalJob
 
@@ -94,8 +105,19 @@ def fingerprint(job: Job) -> str:
 
 
 def is_done(job: Job) -> bool:
+    """Whether ``job`` finished with its current fingerprint and every output it wrote is still
+    there, of the size it had (a deleted or rewritten output: the job runs again)."""
     marker = Path(job.folder) / MARKER
-    return marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint(job)
+    if not marker.is_file():
+        return False
+    record = json.loads(marker.read_text())
+    outputs = record.get("outputs")  # {path relative to the job's folder: size in bytes}
+    return (record.get("fingerprint") == fingerprint(job) and bool(outputs)
+            and all(_size(Path(job.folder) / name) == size for name, size in outputs.items()))
+
+
+def _size(path: Path) -> int | None:
+    return path.stat().st_size if path.is_file() else None
 
 
 def job_seconds(job: Job) -> float:
@@ -155,11 +177,13 @@ def _execute(job: Job, home) -> float:
     started = time.time()
     folder = Path(job.folder)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).unlink(missing_ok=True)  # a job redone is not done until it finishes again
     with open(folder / "job.log", "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
         job.run(home)
     seconds = time.time() - started
-    atomic_write_text(Path(job.folder) / MARKER, json.dumps({"fingerprint": fingerprint(job), "key": job.key,
-                                                            "seconds": seconds}, indent=2))
+    outputs = {str(path.relative_to(folder)): path.stat().st_size for path in job.outputs()}
+    atomic_write_text(folder / MARKER, json.dumps({"fingerprint": fingerprint(job), "key": job.key,
+                                                   "seconds": seconds, "outputs": outputs}, indent=2))
     return seconds
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as torch_dist
 from tqdm.auto import tqdm
 
-from ..checkpoints import atomic_write_text
+from ..checkpoints import CONFIG_FILE, atomic_write_text, recover_folder, weights_file
 from ..errors import UserError
 from ..layout import read_world
 from .check import ZeroShotCheck
@@ -43,10 +43,11 @@ def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume:
 
     # Setup: data (labels only if declared), models, teacher cache, optimizer (setup.prepare).
     session = prepare(config, plan, dist, world=world, home=home)
-    start = restore(output_dir / "state", config, dist, session) if resume else 0
     check = (ZeroShotCheck.on_world(session.optimization.exported, session.tokenizer, world, config.check,
                                     eps=session.models.attack["eps"], home=home, seed=run.seed)
              if dist.is_main else None)
+    # Restored last: whatever the setup draws from the global RNG, the loop continues its saved stream.
+    start = restore(output_dir / "state", config, dist, session) if resume else 0
     log = RunLog(output_dir / "log.jsonl", start, enabled=dist.is_main, fresh=not resume)
     models = session.models
     if dist.is_main:
@@ -97,7 +98,9 @@ def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume:
 
 def train_or_resume(config: AlignConfig, output_dir: str | os.PathLike, home=None, *, depends_on: str = "") -> Path:
     """:func:`train`, continuing from ``DIR/state/`` when a run of the same config was killed there
-    (a finished one returns at once); a leftover run of another config is replaced.
+    (a finished one returns at once); a leftover run of another config is replaced, and so is one
+    missing ``checkpoint/`` or ``log.jsonl`` (deleted after it finished: the state cannot give
+    them back, so the run is redone).
 
     ``depends_on`` names what the config does not (e.g. the fingerprint of the world whose models
     and data its specs point to): a run made for another value is replaced, never resumed. For
@@ -105,8 +108,11 @@ def train_or_resume(config: AlignConfig, output_dir: str | os.PathLike, home=Non
     """
     output_dir = Path(output_dir)
     marker = output_dir / DEPENDS_ON_FILE
+    checkpoint = output_dir / "checkpoint"
+    recover_folder(checkpoint)
     resumable = (can_resume(output_dir / "state", config) and marker.is_file()
-                 and marker.read_text() == depends_on)
+                 and marker.read_text() == depends_on and (output_dir / "log.jsonl").is_file()
+                 and (checkpoint / CONFIG_FILE).is_file() and weights_file(checkpoint) is not None)
     if not resumable:
         shutil.rmtree(output_dir, ignore_errors=True)
         output_dir.mkdir(parents=True)

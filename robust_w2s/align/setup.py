@@ -172,7 +172,14 @@ class PixelView(torch.utils.data.Dataset):
 def batches(view: PixelView, *, batch_size: int, seed: int, dist: Dist, start_step: int, workers: int):
     """Endless (step, batch) from ``start_step``: epoch e is DistributedSampler's permutation for
     (seed, e), cut into per-rank batches; the position is a function of the step, so resuming
-    at step k continues with exactly the batch an uninterrupted run would see."""
+    at step k continues with exactly the batch an uninterrupted run would see.
+
+    Data loading never draws from torch's global RNG: a DataLoader draws its workers' base seed
+    each time an iterator is made (every epoch, and once more on a resume, workers or not), from
+    the global RNG unless it has a generator of its own. Ours is seeded by (seed, rank, epoch), so
+    the global RNG (dropout, patch dropout in the student's forward) follows the same stream
+    whether or not the run was resumed. The items are a deterministic function of their index.
+    """
     per_rank = batch_size // dist.world_size
     sampler = DistributedSampler(range(len(view)), num_replicas=dist.world_size, rank=dist.rank,
                                  shuffle=True, seed=seed, drop_last=True)
@@ -185,7 +192,9 @@ def batches(view: PixelView, *, batch_size: int, seed: int, dist: Dist, start_st
         sampler.set_epoch(epoch)
         order = list(sampler)
         chunks = [order[i * per_rank:(i + 1) * per_rank] for i in range(position, per_epoch)]
-        for batch in DataLoader(view, batch_sampler=chunks, num_workers=workers):
+        # hash() of a tuple of ints is the same in every process and every run (no PYTHONHASHSEED)
+        loader_rng = torch.Generator().manual_seed(hash((seed, dist.rank, epoch)) & (2 ** 63 - 1))
+        for batch in DataLoader(view, batch_sampler=chunks, num_workers=workers, generator=loader_rng):
             yield step, {"epoch": epoch, "position": position}, batch
             step, position = step + 1, position + 1
 

@@ -10,6 +10,11 @@ an optimizer of another:
                           (tensors and plain types only: read back with ``weights_only=True``)
     config.json           the run's config, to refuse resuming with different settings
 ``log.jsonl`` is appended line by line; on resume, the lines past the resumed step are dropped.
+
+Killed at any moment, a run resumes exactly: ``checkpoint/`` and ``state/`` are each replaced in
+one atomic step (:func:`robust_w2s.checkpoints.atomic_folder`), ``state/`` holds every process's
+RNG states as they were after the step it saved (the loop draws nothing else from the global RNG:
+see ``setup.batches``), and a log line cut by the kill is dropped.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import torch
 import torch.distributed as torch_dist
 from safetensors.torch import load_file, save_file
 
-from ..checkpoints import atomic_folder, atomic_write_text, save_checkpoint
+from ..checkpoints import atomic_folder, atomic_write_text, recover_folder, save_checkpoint
 from ..errors import UserError
 from .config import AlignConfig, to_dict
 
@@ -68,6 +73,7 @@ def _changed_settings(saved: dict, config: dict) -> list[str]:
 
 def can_resume(folder: Path, config: AlignConfig) -> bool:
     """Whether ``folder`` (a run's state/) holds a state that ``config`` may continue."""
+    recover_folder(folder)
     if not (folder / "train_state.pt").is_file():
         return False
     return not _changed_settings(json.loads((folder / "config.json").read_text()), to_dict(config))
@@ -75,6 +81,7 @@ def can_resume(folder: Path, config: AlignConfig) -> bool:
 
 def load_state(folder: Path, config: dict) -> dict:
     """Read ``folder`` back; a missing folder or a config that changed the trajectory is a UserError."""
+    recover_folder(folder)
     if not (folder / "train_state.pt").is_file():
         raise UserError(f"--resume: no training state in {folder} (start without --resume)")
     saved = json.loads((folder / "config.json").read_text())
@@ -148,14 +155,15 @@ def save_run(output_dir: Path, config: AlignConfig, dist, session, *, step: int,
 
 class RunLog:
     """log.jsonl, appended line by line. On resume, lines past the resumed step are dropped first:
-    the steps after the last state were lost with the kill and run again."""
+    the steps after the last state were lost with the kill and run again; so is a last line the
+    kill cut short (every line ends with a newline once written)."""
 
     def __init__(self, path: Path, start: int, enabled: bool, fresh: bool):
         self.path, self.enabled = path, enabled
         if not enabled:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        lines = [] if fresh or not path.is_file() else path.read_text().splitlines()
+        lines = [] if fresh or not path.is_file() else path.read_text().split("\n")[:-1]
         kept = [line for line in lines if json.loads(line).get("step", 0) <= start]
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 

@@ -9,6 +9,7 @@ from robust_w2s.study.plan import TABLE_D_METHODS
 import robust_w2s.study.run as study_run
 from robust_w2s.align import load_config
 from robust_w2s.align.config import to_dict
+from robust_w2s.checkpoints import WEIGHTS_FILE
 from robust_w2s.errors import UserError
 from robust_w2s.layout import WORLD_MODELS
 from robust_w2s.study.plan import QUICK, RUNS, run_overrides
@@ -118,6 +119,22 @@ def test_study_runs_every_job_keeps_finished_ones_and_retries_a_failure(world_ho
     executed.clear()
     run_study()
     assert executed == []
+
+    # Outputs deleted after their jobs finished: exactly those jobs run again, to the same results.
+    work = tmp_path / "demo" / "work"
+    weights = work / "runs" / "fare" / "seed0" / "checkpoint" / WEIGHTS_FILE
+    trained = weights.read_bytes()
+    weights.unlink()
+    record = next(path for path in sorted((work / "eval" / "main" / "adv-w2s" / "seed0").glob("*.json"))
+                  if path.name != study_run.MARKER)
+    record.unlink()
+    report = run_study()
+    assert sorted(executed) == ["main adv-w2s/seed0", "train fare/seed0"]
+    assert weights.read_bytes() == trained and record.is_file()
+    again = json.loads((report.parent / "results.json").read_text())
+    keys = ("model", "dataset", "attack", "eps", "n_samples", "clean_acc", "robust_acc", "worst_case_acc")
+    numbers = lambda r: [[x["model"], *(x["result"][k] for k in keys)] for x in r["records"]]
+    assert numbers(again) == numbers(results)
 
 
 @pytest.mark.parametrize("arguments, named", [
