@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,27 +16,36 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import UserError
+from .errors import DISK_FULL, UserError
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path``, fsync, then rename over ``path``."""
+    """Write ``text`` to a temp file beside ``path``, fsync, then rename over ``path``.
+
+    Raises OSError(ENOSPC or EDQUOT, filename=path) when the disk is full; ``path`` is then untouched.
+    """
     path = Path(path)
     staging = path.with_name(f".{path.name}.partial")
-    with open(staging, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(staging, path)
+    try:
+        with open(staging, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+    except BaseException as error:
+        staging.unlink(missing_ok=True)
+        _raise_if_disk_full(error, path)
+        raise
 
 
 @contextlib.contextmanager
 def atomic_folder(path: Path) -> Iterator[Path]:
     """Yield a staging folder; on success it replaces ``path`` (fsynced), so that at every instant
-    ``path`` holds either the old or the new complete folder. On error the staging is removed."""
+    ``path`` holds either the old or the new complete folder. On error the staging is removed; a full
+    disk, however the writer reports it, is raised as OSError(ENOSPC or EDQUOT, filename=path)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; a checkpoint is shared like any folder
@@ -56,9 +66,29 @@ def atomic_folder(path: Path) -> Iterator[Path]:
         finally:
             os.close(fd)
         shutil.rmtree(previous, ignore_errors=True)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        _raise_if_disk_full(error, path)
         raise
+
+
+def _raise_if_disk_full(error: BaseException, path: Path) -> None:
+    """Raise OSError(code, strerror, path) if ``error`` is a full disk (or quota), else return.
+
+    Writers report a full disk in their own ways (measured on a full tmpfs): Python's files raise
+    OSError(ENOSPC); safetensors raises SafetensorError("... No space left on device (os error 28)");
+    torch.save raises RuntimeError("unexpected pos ...") with the OSError only as its context, and
+    only when it writes through a Python file object (given a path, it keeps no errno at all).
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        code = error.errno if isinstance(error, OSError) else None
+        rust = re.search(r"\(os error (\d+)\)", str(error))
+        code = code if code in DISK_FULL else int(rust.group(1)) if rust else None
+        if code in DISK_FULL:
+            raise OSError(code, os.strerror(code), str(path)) from error
+        error = error.__cause__ or error.__context__
 
 
 def _umask() -> int:
