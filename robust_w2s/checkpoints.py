@@ -80,15 +80,15 @@ def _raise_if_disk_full(error: BaseException, path: Path) -> None:
     torch.save raises RuntimeError("unexpected pos ...") with the OSError only as its context, and
     only when it writes through a Python file object (given a path, it keeps no errno at all).
     """
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        code = error.errno if isinstance(error, OSError) else None
-        rust = re.search(r"\(os error (\d+)\)", str(error))
+    seen, cause = set(), error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        code = cause.errno if isinstance(cause, OSError) else None
+        rust = re.search(r"\(os error (\d+)\)", str(cause))
         code = code if code in DISK_FULL else int(rust.group(1)) if rust else None
         if code in DISK_FULL:
             raise OSError(code, os.strerror(code), str(path)) from error
-        error = error.__cause__ or error.__context__
+        cause = cause.__cause__ or cause.__context__
 
 
 def _umask() -> int:

@@ -8,6 +8,7 @@ offline.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -26,6 +27,7 @@ from PIL import Image
 from safetensors import SafetensorError
 
 from robust_w2s import load_checkpoint
+from robust_w2s.checkpoints import atomic_folder, atomic_write_text
 from robust_w2s.cli import main
 from robust_w2s.data import HUB_MIRROR_ENV
 
@@ -377,3 +379,48 @@ def test_bad_input_gives_its_documented_line_and_exit_code(case, world_home, tmp
     assert matches(row.stderr, lines[0]), f"\ndocumented: {row.stderr}\nprinted:    {lines[0]}"
     if CASES[case].then:
         CASES[case].then(work)
+
+
+def _torch_save_full_disk() -> RuntimeError:
+    """What torch.save raises on a full disk when writing through a Python file (a full tmpfs)."""
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    except RuntimeError as error:
+        return error
+
+
+@pytest.mark.parametrize("raised, code", [
+    (OSError(errno.ENOSPC, "No space left on device"), errno.ENOSPC),
+    (SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"), errno.ENOSPC),
+    (_torch_save_full_disk(), errno.ENOSPC),
+    (OSError(errno.EDQUOT, "Disk quota exceeded"), errno.EDQUOT),
+    (RuntimeError("a bug, not a full disk"), None),
+], ids=["oserror", "safetensors", "torch-save", "quota", "other"])
+def test_a_full_disk_however_reported_is_an_oserror_naming_the_target(tmp_path, raised, code):
+    folder, file = tmp_path / "checkpoint", tmp_path / "record.json"
+    with atomic_folder(folder) as staging:
+        (staging / "w").write_text("complete")
+    atomic_write_text(file, "complete")
+
+    def failing_writer(staging: Path):
+        (staging / "w").write_text("partial")
+        raise raised
+
+    with pytest.raises(Exception) as in_folder:
+        with atomic_folder(folder) as staging:
+            failing_writer(staging)
+    with pytest.raises(Exception) as in_file:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("os.fsync", lambda fd: failing_writer(tmp_path))
+            atomic_write_text(file, "partial")
+    for info, target in ((in_folder, folder), (in_file, file)):
+        if code is None:
+            assert info.value is raised  # anything else goes on unchanged, traceback and all
+        else:
+            assert isinstance(info.value, OSError) and info.value.errno == code
+            assert info.value.filename == str(target) and info.value.__cause__ is raised
+    assert (folder / "w").read_text() == "complete" and file.read_text() == "complete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "record.json", "w"]  # no staging left
