@@ -258,7 +258,9 @@ CASES: dict[str, Case] = {
     "set-python-expression-as-spec": UNEXECUTED,
     "set-lr-negative": NOTHING, "set-lr-nan": NOTHING, "set-steps-zero": NOTHING, "set-beta-above-one": NOTHING,
     "set-ema-decay-one": NOTHING, "set-attack-steps-negative": NOTHING, "set-workers-negative": NOTHING,
-    "set-unknown-method": NOTHING, "set-unknown-precision": NOTHING, "set-step-size": NOTHING,
+    "set-unknown-method": NOTHING, "set-retired-key": NOTHING, "set-unknown-guidance": NOTHING,
+    "set-one-teacher-combined": NOTHING, "set-pik-labels": NOTHING, "set-graph-neighbours": NOTHING,
+    "set-unknown-precision": NOTHING, "set-step-size": NOTHING,
     "set-unknown-device": NOTHING, "set-absent-device": NOTHING, "set-unknown-check-task": NOTHING,
     "set-batch-too-large": NOTHING, "demo-set-checked-first": NOTHING,
 
