@@ -7,6 +7,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -18,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import UserError
+from .errors import DISK_FULL, UserError
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
@@ -26,14 +27,22 @@ CONFIG_FILE = "open_clip_config.json"
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a temp file beside ``path``, fsync, then rename over ``path`` (and fsync
-    the folder, so the rename survives a power cut too)."""
+    the folder, so the rename survives a power cut too).
+
+    Raises OSError(ENOSPC or EDQUOT, filename=path) when the disk is full; ``path`` is then untouched.
+    """
     path = Path(path)
     staging = path.with_name(f".{path.name}.partial")
-    with open(staging, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(staging, path)
+    try:
+        with open(staging, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+    except BaseException as error:
+        staging.unlink(missing_ok=True)
+        _raise_if_disk_full(error, path)
+        raise
     _fsync(path.parent)
 
 
@@ -46,7 +55,8 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     the platform or file system lacks it (NFS, macOS), the old folder is renamed to ``.NAME.old``
     and the new one into place: a kill between the two renames leaves only ``.NAME.old``, which the
     next call (or :func:`recover_folder`) puts back. Staging folders left by killed writers are
-    removed first; on error, this call's staging folder is removed.
+    removed first; on error, this call's staging folder is removed. A full disk, however the writer
+    reports it, is raised as OSError(ENOSPC or EDQUOT, filename=path).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,8 +82,9 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(staging, path)
         _fsync(path.parent)
         shutil.rmtree(previous, ignore_errors=True)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        _raise_if_disk_full(error, path)
         raise
 
 
@@ -138,6 +149,25 @@ def _fsync(path: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _raise_if_disk_full(error: BaseException, path: Path) -> None:
+    """Raise OSError(code, strerror, path) if ``error`` is a full disk (or quota), else return.
+
+    Writers report a full disk in their own ways (measured on a full tmpfs): Python's files raise
+    OSError(ENOSPC); safetensors raises SafetensorError("... No space left on device (os error 28)");
+    torch.save raises RuntimeError("unexpected pos ...") with the OSError only as its context, and
+    only when it writes through a Python file object (given a path, it keeps no errno at all).
+    """
+    seen, cause = set(), error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        code = cause.errno if isinstance(cause, OSError) else None
+        rust = re.search(r"\(os error (\d+)\)", str(cause))
+        code = code if code in DISK_FULL else int(rust.group(1)) if rust else None
+        if code in DISK_FULL:
+            raise OSError(code, os.strerror(code), str(path)) from error
+        cause = cause.__cause__ or cause.__context__
 
 
 def _umask() -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UserError, unknown_name
+from .errors import DISK_FULL, UserError, unknown_name
 
 EPILOG = """model specs:
   embedded:weak|weak-robust|strong  the embedded world's CLIPs
@@ -197,9 +198,12 @@ def _check_sizes(args) -> None:
 
 
 def _run_zeroshot(args) -> int:
+    from .checkpoints import atomic_write_text
     from .eval.benchmarks import resolve
 
     _check_sizes(args)
+    if args.output and Path(args.output).is_dir():
+        raise UserError(f"--output {args.output} is a folder: give the path of a JSON file")
     from .eval.zeroshot import zero_shot_report
 
     benchmarks = resolve(args.suite, args.dataset, args.home, args.classnames)
@@ -212,7 +216,7 @@ def _run_zeroshot(args) -> int:
     if args.output:
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(report, indent=2))
+        atomic_write_text(output, json.dumps(report, indent=2))
         print(f"wrote {output}")
     return 0
 
@@ -226,15 +230,19 @@ def _run_eval(args) -> int:
     from .eval.suite import run_eval
 
     _check_sizes(args)
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise UserError(f"--output-dir {args.output_dir} is a file: give a folder")
     benchmarks = resolve(args.suite, args.dataset, args.home, args.classnames)
     protocol = get_protocol(args.protocol or default_protocol(args.suite, args.dataset))
     try:
-        eps = tuple(parse_eps(e) for e in args.eps.split(",")) if args.eps else protocol.eps
+        eps = tuple(parse_eps(e) for e in args.eps.split(",")) if args.eps is not None else protocol.eps
     except ValueError as error:
         raise UserError(str(error)) from None
+    if len(set(eps)) < len(eps):  # the records of one radius would overwrite each other
+        raise UserError(f"--eps {args.eps}: a radius is listed twice")
     if args.pgd_steps is not None and args.pgd_steps < 1:
         raise UserError(f"--pgd-steps must be >= 1, got {args.pgd_steps}")
-    attacks = tuple(args.attack.split(",")) if args.attack else protocol.attacks
+    attacks = tuple(args.attack.split(",")) if args.attack is not None else protocol.attacks
     for attack in attacks:
         if attack not in ATTACKS:
             raise unknown_name("attack", attack, ATTACKS)
@@ -334,6 +342,21 @@ def _run_theory(args) -> int:
     return 0
 
 
+# Errors about a path itself, not about what the program did with it: bad input (exit 2).
+PATH_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG)
+# What to do after a full disk: checkpoints, states and result records are written atomically.
+FULL_DISK_HINT = {
+    "align": "the last complete checkpoint and state are kept: free space, then run again with --resume",
+    None: "free space, then run again",
+}
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    """The CLI's one line on stderr for a failed command (a message's own line breaks are joined)."""
+    print(f"robust-w2s {command}: error: {' '.join(message.splitlines())}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")  # open_clip warns on every random-init model
     logging.getLogger("robust_w2s").setLevel(logging.WARNING)  # ours are meant to be read
@@ -344,8 +367,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except UserError as error:
-        print(f"robust-w2s {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(error), 2)
+    except OSError as error:
+        if error.errno in DISK_FULL:  # the input was fine, the run could not finish: a failed run
+            where = f" writing {error.filename}" if error.filename else ""
+            kept = FULL_DISK_HINT.get(args.command, FULL_DISK_HINT[None])
+            return _fail(args.command, f"{os.strerror(error.errno).lower()}{where}; {kept}", 1)
+        if error.errno in PATH_ERRORS and error.filename:  # a path the user gave (or --home) cannot be used
+            return _fail(args.command, f"{error.filename}: {error.strerror}", 2)
+        raise
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from ..checkpoints import CONFIG_FILE, atomic_write_text, recover_folder, weight
 from ..errors import UserError
 from ..layout import read_world
 from .check import ZeroShotCheck
-from .config import AlignConfig
+from .config import AlignConfig, check_values
 from .inputs import Batch, Models, StepInputs
 from .methods import Method, Plan
 from .setup import Optimization, batches, prepare, resolve_precision, setup_distributed, update_in_bf16
@@ -58,41 +58,43 @@ def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume:
                    else float(models.entropy_median), **session.record})
 
     # The loop: identical for every method.
-    bar = tqdm(total=run.steps, initial=start, disable=not dist.is_main, desc=config.method.name, unit="step")
     stream = batches(session.view, batch_size=run.batch_size, seed=run.seed, dist=dist, start_step=start,
                      workers=config.data.workers)
+    bar = tqdm(total=run.steps, initial=start, disable=not dist.is_main, desc=config.method.name, unit="step")
     bf16 = update_in_bf16(config, dist.device)
-    for step, position, items in stream:
-        if step >= run.steps:
-            break
-        tic = time.perf_counter()
-        method = plan.at(step)
-        batch = Batch.from_loader(items, models, dist.device)
+    try:  # the bar ends its line before an error is printed
+        for step, position, items in stream:
+            if step >= run.steps:
+                break
+            tic = time.perf_counter()
+            method = plan.at(step)
+            batch = Batch.from_loader(items, models, dist.device)
 
-        # Step: the method's loss on its declared inputs, backward, clip, AdamW, schedule, EMA.
-        loss, terms, grad_norm = train_step(method, batch, models, session.optimization, step=step,
-                                            steps=run.steps, bf16=bf16)
-        session.optimization.scheduler.step_update(step + 1)
+            # Step: the method's loss on its declared inputs, backward, clip, AdamW, schedule, EMA.
+            loss, terms, grad_norm = train_step(method, batch, models, session.optimization, step=step,
+                                                steps=run.steps, bf16=bf16)
+            session.optimization.scheduler.step_update(step + 1)
 
-        # Log: loss and terms averaged over processes, learning rate, throughput.
-        done = step + 1
-        values = _mean_over_ranks({"loss": loss, "grad_norm": grad_norm, **terms}, dist)
-        seconds = time.perf_counter() - tic
-        if done % run.log_every == 0 or done == run.steps:
-            log.write({"step": done, "method": method.name, **values,
-                       "lr": session.optimization.optimizer.param_groups[0]["lr"],
-                       "images_per_s": run.batch_size / seconds, "epoch": position["epoch"]})
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k in ("loss", "w")}
-                        | {"img/s": f"{run.batch_size / seconds:.0f}"})
+            # Log: loss and terms averaged over processes, learning rate, throughput.
+            done = step + 1
+            values = _mean_over_ranks({"loss": loss, "grad_norm": grad_norm, **terms}, dist)
+            seconds = time.perf_counter() - tic
+            if done % run.log_every == 0 or done == run.steps:
+                log.write({"step": done, "method": method.name, **values,
+                           "lr": session.optimization.optimizer.param_groups[0]["lr"],
+                           "images_per_s": run.batch_size / seconds, "epoch": position["epoch"]})
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k in ("loss", "w")}
+                            | {"img/s": f"{run.batch_size / seconds:.0f}"})
 
-        # Zero-shot check (rank 0) and checkpoint + state (all ranks gather RNG, rank 0 writes).
-        if check is not None and ((run.eval_every and done % run.eval_every == 0) or done == run.steps):
-            log.write({"step": done, "check": check()})
-        if done % run.checkpoint_every == 0 or done == run.steps:
-            save_run(output_dir, config, dist, session, step=done,
-                     data_position={"epoch": position["epoch"], "position": position["position"] + 1})
-    bar.close()
+            # Zero-shot check (rank 0) and checkpoint + state (all ranks gather RNG, rank 0 writes).
+            if check is not None and ((run.eval_every and done % run.eval_every == 0) or done == run.steps):
+                log.write({"step": done, "check": check()})
+            if done % run.checkpoint_every == 0 or done == run.steps:
+                save_run(output_dir, config, dist, session, step=done,
+                         data_position={"epoch": position["epoch"], "position": position["position"] + 1})
+    finally:
+        bar.close()
     return output_dir / "checkpoint"
 
 
@@ -146,10 +148,7 @@ def train_step(method: Method, batch: Batch, models: Models, optimization: Optim
 
 def _validate(config: AlignConfig, world_size: int) -> None:
     run = config.train
-    for key, value in (("train.steps", run.steps), ("train.batch_size", run.batch_size),
-                       ("train.checkpoint_every", run.checkpoint_every), ("train.log_every", run.log_every)):
-        if value < 1:
-            raise UserError(f"{key} must be >= 1, got {value}")
+    check_values(config)  # a config built in code has not been through load_config
     if run.batch_size % world_size:
         raise UserError(f"train.batch_size {run.batch_size} is not divisible by {world_size} processes")
 

@@ -24,7 +24,7 @@ from ..data import check_labels, decode_image, infer_label_schema, load_image_da
 from ..errors import UserError, unknown_name
 from ..labels import LabelSchema
 from ..layout import text_head_cache
-from ..models import eval_transform, load_model
+from ..models import eval_transform, load_model, resolve_device
 from ..zeroshot import ZeroShotClassifier
 from .config import AlignConfig, OptimSettings
 from .guidance import TeacherMixture, knn_graph, label_propagation, train_knows
@@ -47,11 +47,11 @@ class Dist:
 
 def setup_distributed(device: str) -> Dist:
     """One process, or DDP under torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPU."""
-    kind = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    resolved = resolve_device(device, "train.device")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
-        return Dist(0, 1, torch.device(kind))
-    cuda = kind.startswith("cuda")
+        return Dist(0, 1, resolved)
+    cuda = resolved.type == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not torch_dist.is_initialized():
         torch_dist.init_process_group("nccl" if cuda else "gloo")
@@ -70,6 +70,14 @@ def resolve_eps(value, world_eps: float | None, key: str) -> float:
         return parse_eps(value)
     except ValueError as error:
         raise UserError(f"{key}: {error}") from None
+
+
+def _step_size(value, key: str) -> float | None:
+    """A PGD step size from the config: None (the attack's default), a number or "1/255"."""
+    try:
+        return None if value is None else parse_eps(value, upper=None)
+    except ValueError as error:
+        raise UserError(f"{key}: {str(error).replace('epsilon', 'step size')}") from None
 
 
 def resolve_precision(value: str, device: torch.device) -> str:
@@ -95,11 +103,12 @@ def attack_keywords(config: AlignConfig, plan: Plan, world_eps: float | None, de
     attack = config.attack
     precision = resolve_precision(attack.precision, device)
     student = {"eps": resolve_eps(attack.eps, world_eps, "attack.eps"), "steps": attack.steps,
-               "alpha": attack.alpha, "start_noise_std": attack.start_noise_std, "precision": precision}
+               "alpha": _step_size(attack.alpha, "attack.alpha"), "start_noise_std": attack.start_noise_std,
+               "precision": precision}
     if "refined_teacher_probs" not in plan.needs:
         return student, {}
     refine = {"eps": resolve_eps(attack.refine_eps, world_eps, "attack.refine_eps"),
-              "steps": attack.refine_steps, "alpha": attack.refine_alpha,
+              "steps": attack.refine_steps, "alpha": _step_size(attack.refine_alpha, "attack.refine_alpha"),
               "start_noise_std": attack.start_noise_std, "precision": precision}
     return student, refine
 
@@ -184,9 +193,12 @@ def batches(view: PixelView, *, batch_size: int, seed: int, dist: Dist, start_st
     sampler = DistributedSampler(range(len(view)), num_replicas=dist.world_size, rank=dist.rank,
                                  shuffle=True, seed=seed, drop_last=True)
     per_epoch = len(sampler) // per_rank
-    if per_epoch == 0:
+    if per_epoch == 0:  # raised here, not at the first batch: before the loop starts its progress bar
         raise UserError(f"batch size {batch_size} exceeds the alignment set ({len(view)} images)")
-    step = start_step
+    return _endless(view, sampler, per_rank, per_epoch, start_step, workers)
+
+
+def _endless(view: PixelView, sampler: DistributedSampler, per_rank: int, per_epoch: int, step: int, workers: int):
     while True:
         epoch, position = divmod(step, per_epoch)
         sampler.set_epoch(epoch)

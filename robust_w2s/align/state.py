@@ -60,9 +60,10 @@ def save_state(folder: Path, *, model, ema, optimizer, scheduler, step: int, dat
         if ema is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()},
                       staging / "ema.safetensors")
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "data_position": data_position, "rng": rng,
-                    "teacher_mixture": None if mixture is None else mixture.state()}, staging / "train_state.pt")
+        with open(staging / "train_state.pt", "wb") as handle:  # a file object: a full disk keeps its errno
+            torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "data_position": data_position, "rng": rng,
+                        "teacher_mixture": None if mixture is None else mixture.state()}, handle)
         (staging / "config.json").write_text(json.dumps(config, indent=2))
 
 
@@ -84,16 +85,28 @@ def load_state(folder: Path, config: dict) -> dict:
     recover_folder(folder)
     if not (folder / "train_state.pt").is_file():
         raise UserError(f"--resume: no training state in {folder} (start without --resume)")
-    saved = json.loads((folder / "config.json").read_text())
+    try:
+        saved = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise _damaged(folder, error) from None
     changed = _changed_settings(saved, config)
     if changed:
         raise UserError(f"--resume with a different config: {changed[0]} was "
                         f"{_lookup(saved, changed[0])!r}, now {_lookup(config, changed[0])!r}")
-    state = torch.load(folder / "train_state.pt", weights_only=True, map_location="cpu")
-    state["student"] = load_file(folder / "student.safetensors")
-    if (folder / "ema.safetensors").is_file():
-        state["ema"] = load_file(folder / "ema.safetensors")
+    try:
+        state = torch.load(folder / "train_state.pt", weights_only=True, map_location="cpu")
+        state["student"] = load_file(folder / "student.safetensors")
+        if (folder / "ema.safetensors").is_file():
+            state["ema"] = load_file(folder / "ema.safetensors")
+    except Exception as error:  # torch and safetensors raise several types for truncated files
+        raise _damaged(folder, error) from None
     return state
+
+
+def _damaged(folder: Path, error: Exception) -> UserError:
+    """The one-line error for a state folder that was edited or damaged after its atomic write."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+    return UserError(f"--resume: {folder} is damaged ({type(error).__name__}: {reason}); start without --resume")
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
