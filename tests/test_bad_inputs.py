@@ -27,7 +27,7 @@ from PIL import Image
 from safetensors import SafetensorError
 
 from robust_w2s import load_checkpoint
-from robust_w2s.checkpoints import atomic_folder, atomic_write_text
+from robust_w2s.checkpoints import LOCK_FILE, atomic_folder, atomic_write_text
 from robust_w2s.cli import main
 from robust_w2s.data import HUB_MIRROR_ENV
 
@@ -227,7 +227,8 @@ def _full_disk_left_the_last_checkpoint(work: Path):
     run = work / "run"
     assert _step(run / "checkpoint") == 1 and load_checkpoint(run / "checkpoint")[0] is not None
     assert torch.load(run / "state" / "train_state.pt", weights_only=True)["step"] == 1
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "log.jsonl", "state"]  # no staging left
+    kept = sorted(p.name for p in run.iterdir() if p.name != LOCK_FILE)
+    assert kept == ["checkpoint", "log.jsonl", "state"]  # no staging left
     # Space is back (the failing writer failed once): the run resumes from its step-1 state and ends.
     assert main(["align", "--config", "tiny.yaml", "--output-dir", "run", "--resume"]) == 0
     assert _step(run / "checkpoint") == 2
