@@ -195,17 +195,19 @@ def batches(view: PixelView, *, batch_size: int, seed: int, dist: Dist, start_st
     per_epoch = len(sampler) // per_rank
     if per_epoch == 0:  # raised here, not at the first batch: before the loop starts its progress bar
         raise UserError(f"batch size {batch_size} exceeds the alignment set ({len(view)} images)")
-    return _endless(view, sampler, per_rank, per_epoch, start_step, workers)
+    return _endless(view, sampler, per_rank=per_rank, per_epoch=per_epoch, step=start_step, workers=workers,
+                    seed=seed, rank=dist.rank)
 
 
-def _endless(view: PixelView, sampler: DistributedSampler, per_rank: int, per_epoch: int, step: int, workers: int):
+def _endless(view: PixelView, sampler: DistributedSampler, *, per_rank: int, per_epoch: int, step: int, workers: int,
+             seed: int, rank: int):
     while True:
         epoch, position = divmod(step, per_epoch)
         sampler.set_epoch(epoch)
         order = list(sampler)
         chunks = [order[i * per_rank:(i + 1) * per_rank] for i in range(position, per_epoch)]
         # hash() of a tuple of ints is the same in every process and every run (no PYTHONHASHSEED)
-        loader_rng = torch.Generator().manual_seed(hash((seed, dist.rank, epoch)) & (2 ** 63 - 1))
+        loader_rng = torch.Generator().manual_seed(hash((seed, rank, epoch)) & (2 ** 63 - 1))
         for batch in DataLoader(view, batch_sampler=chunks, num_workers=workers, generator=loader_rng):
             yield step, {"epoch": epoch, "position": position}, batch
             step, position = step + 1, position + 1
