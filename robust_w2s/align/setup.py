@@ -195,11 +195,12 @@ def batches(view: PixelView, *, batch_size: int, seed: int, dist: Dist, start_st
     per_epoch = len(sampler) // per_rank
     if per_epoch == 0:  # raised here, not at the first batch: before the loop starts its progress bar
         raise UserError(f"batch size {batch_size} exceeds the alignment set ({len(view)} images)")
-    return _endless(view, sampler, per_rank, per_epoch, start_step, workers, seed=seed, rank=dist.rank)
+    return _endless(view, sampler, per_rank=per_rank, per_epoch=per_epoch, step=start_step, workers=workers,
+                    seed=seed, rank=dist.rank)
 
 
-def _endless(view: PixelView, sampler: DistributedSampler, per_rank: int, per_epoch: int, step: int, workers: int,
-             *, seed: int, rank: int):
+def _endless(view: PixelView, sampler: DistributedSampler, *, per_rank: int, per_epoch: int, step: int, workers: int,
+             seed: int, rank: int):
     while True:
         epoch, position = divmod(step, per_epoch)
         sampler.set_epoch(epoch)
