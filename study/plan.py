@@ -58,7 +58,7 @@ RUNS: tuple[Run, ...] = (
 
 # The world's own models (layout.WORLD_MODELS) are evaluated once: they do not depend on the seeds.
 WORLD_LABELS = {"weak": "natural weak teacher", "weak-robust": "robust weak teacher (TeCoA)",
-                "strong": "strong, undefended", "weak-outline": "outline weak teacher", "weak-poor": "poor weak teacher"}
+                "strong": "strong, undefended", "weak-outline": "outline-pretrained weak teacher", "weak-poor": "poor weak teacher"}
 CEILING = "tecoa"  # DESIGN.md section 5: the strong ceiling is TeCoA with labels on the same data and budget
 
 # Table B (paper's Table 2): the defences side by side, with standard AutoAttack.

@@ -11,7 +11,7 @@ from robust_w2s.world.recipes import PretrainSettings, RobustSettings
 from robust_w2s.world.stages import WorldConfig, build_world
 
 TINY_WORLD = WorldConfig(
-    seed=0, test_size=48, alignment_size=128, robust_check_size=16, alignment_check_size=96,
+    seed=0, test_size=48, alignment_size=128, robust_check_size=8, alignment_check_size=96,
     weak=PretrainSettings("rw2s-weak", "weak", corpus_size=512, steps=8, batch_size=64, warmup=2),
     strong=PretrainSettings("rw2s-strong", "strong", corpus_size=512, steps=8, batch_size=64, warmup=2),
     weak_outline=PretrainSettings("rw2s-weak", "outline", corpus_size=256, steps=4, batch_size=64, warmup=1,

@@ -7,7 +7,7 @@ import pytest
 from robust_w2s.eval.records import EvalRecord
 from robust_w2s.layout import WORLD_MODELS
 from robust_w2s.study.claims import claims
-from robust_w2s.study.plan import CURVE_MODELS, RUNS, TABLE_B
+from robust_w2s.study.plan import CURVE_MODELS, RUNS, TABLE_B, WORLD_LABELS
 from robust_w2s.study.report import build_markdown, write_report
 from robust_w2s.study.results import Results, pgr
 
@@ -77,6 +77,12 @@ def _training(run, weights):
 
 def _claim(results: dict, key: str):
     return next(c for c in claims(Results(results)) if c.key == key)
+
+
+def test_every_world_model_has_its_own_label_in_tables():
+    results = Results(fake_results({}))
+    labels = [results.label(name) for name in WORLD_MODELS]  # a model without a label raises here
+    assert labels == [WORLD_LABELS[name] for name in WORLD_MODELS] and len(set(labels)) == len(labels)
 
 
 def test_committed_report_is_rebuilt_from_committed_json():
