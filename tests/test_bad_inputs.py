@@ -264,7 +264,7 @@ CASES: dict[str, Case] = {
     "set-float-for-int": NOTHING, "set-bool-for-int": NOTHING, "set-fraction-for-number": NOTHING,
     "set-string-for-list": NOTHING, "set-invalid-yaml": NOTHING,
     "set-python-tag": UNEXECUTED, "set-python-expression": UNEXECUTED, "set-python-expression-as-name": UNEXECUTED,
-    "set-python-expression-as-spec": UNEXECUTED,
+    "set-python-expression-as-spec": UNEXECUTED, "set-hook-of-another-method": NOTHING,
     "set-lr-negative": NOTHING, "set-lr-nan": NOTHING, "set-steps-zero": NOTHING, "set-beta-above-one": NOTHING,
     "set-ema-decay-one": NOTHING, "set-attack-steps-negative": NOTHING, "set-workers-negative": NOTHING,
     "set-unknown-method": NOTHING, "set-retired-key": NOTHING, "set-unknown-guidance": NOTHING,

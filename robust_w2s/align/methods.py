@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..attacks import cross_entropy, feature_distance, kl_divergence
-from ..errors import unknown_name
+from ..errors import UserError, unknown_name
 
 INPUTS = {
     "labels": "ground-truth labels y [B] (only for methods defined with labels)",
@@ -310,6 +310,10 @@ def get_method(settings: MethodSettings) -> Method:
     """The declared method for ``settings.name``; an unknown name lists the valid ones."""
     if settings.name not in METHODS:
         raise unknown_name("method", settings.name, METHODS)
+    hooks = [key for key in ("reweighting", "guidance") if getattr(settings, key) is not None]
+    if hooks and settings.name not in W2S_DEFAULTS:
+        raise UserError(f"method.{hooks[0]} is a hook of {' and '.join(W2S_DEFAULTS)}, not of {settings.name!r}: "
+                        f"remove it or choose one of those methods")
     return METHODS[settings.name](settings)
 
 

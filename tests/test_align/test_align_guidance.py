@@ -165,3 +165,10 @@ def test_selective_w2s_with_graph_guidance_records_pik(world_home, tiny_config, 
     with pytest.raises(UserError, match="at least two"):
         train(tiny_config("method.guidance=average", f"teachers=[{model_spec('weak')}]"), tmp_path / "x",
               home=world_home)
+
+
+def test_hooks_of_other_methods_are_refused_not_ignored():
+    with pytest.raises(UserError, match="method.guidance is a hook of adv-w2s and vanilla-w2s, not of 'tecoa'"):
+        M.get_method(M.MethodSettings(name="tecoa", guidance="raven"))
+    with pytest.raises(UserError, match="unknown method.reweighting 'eru'"):
+        M.get_method(M.MethodSettings(reweighting="eru"))
