@@ -13,8 +13,9 @@ epoch of the tiny world) runs once uninterrupted, then once more in another fold
 ``--kills`` times with SIGKILL (its whole process group: data workers too), each time rerun with
 ``--resume`` (without it while no state/ exists yet). Each kill lands at a random moment: a fifth
 during start-up (a uniform delay up to the reference's first logged step), the others a uniform
-delay of up to one step after the log line of a random step (drawn once, sorted), so many land while
-checkpoint/ or state/ is being written. Right after each kill: checkpoint/ loads with
+delay after the log line of a random step (drawn once, sorted) of up to one step, or, for half of
+them, up to a third of a step: the time when that step's checkpoint/ and state/ are written. The
+kills that find a staging folder or a log being rewritten are counted as landing during a write. Right after each kill: checkpoint/ loads with
 ``robust_w2s.load_checkpoint`` and with plain ``open_clip.create_model('local-dir:...')``, state/
 loads as ``--resume`` reads it, and no staging folder is in the way of the next write.
 
@@ -129,9 +130,9 @@ def logged_steps(log: Path) -> int:
 # ---------------------------------------------------------------- comparisons
 
 def records(log: Path) -> dict[tuple[int, str], dict]:
-    """The complete step and check records of a log, by (step, kind), timing aside."""
+    """The complete step and check records of a log, by (step, kind), timing aside (none yet: {})."""
     out = {}
-    for line in log.read_text().split("\n")[:-1]:
+    for line in (log.read_text() if log.is_file() else "").split("\n")[:-1]:
         record = json.loads(line)
         if "event" not in record:
             kind = "check" if "check" in record else "step"
@@ -198,6 +199,11 @@ def align_command(run: Path, home: Path, student: Path, extra: list[str], resume
             *(["--resume"] if resume else [])]
 
 
+def _in_writing(run: Path) -> list[str]:
+    """Folders being staged or swapped, a log being rewritten: what a write in progress leaves."""
+    return [p.name for p in run.iterdir() if ".staging-" in p.name or p.name.endswith(".partial")]
+
+
 def kill_plan(rng: random.Random, kills: int) -> list[int]:
     """Kill targets: -1 = during start-up, k = up to one step after the log line of step k + 1."""
     steps = sorted(rng.randrange(0, STEPS - 1) for _ in range(kills))
@@ -223,21 +229,26 @@ def part_align(work: Path, home: Path, student: Path, extra: list[str], kills: i
     print(f"uninterrupted: {time.time() - started:.0f} s (first step logged after {first_step:.1f} s, "
           f"{step_time:.2f} s a step)", flush=True)
 
-    exact, made, reported = [], 0, set()
+    exact, made, reported, mid_write = [], 0, set(), 0
     for number, target in enumerate(kill_plan(rng, kills)):
         resume = (killed / "state").is_dir()
+        left = set(_in_writing(killed))  # what earlier kills left, not this one
         process = start(align_command(killed, home, student, extra, resume), killed / "process.log")
         if target < 0:
             time.sleep(rng.uniform(0, first_step))
         else:
             while logged_steps(killed / "log.jsonl") <= target and process.poll() is None:
                 time.sleep(0.005)
-            time.sleep(rng.uniform(0, step_time))
+            # half of them in the first third of the step, where the step's checkpoint and state are written
+            time.sleep(rng.uniform(0, step_time / (3 if rng.random() < 0.5 else 1)))
         at = logged_steps(killed / "log.jsonl")
         if not kill(process, killed):
             print(f"kill {number + 1}: the run had ended (exit {process.returncode}) before it", flush=True)
             break
         made += 1
+        # what the kill cut short: a folder being staged or swapped, the log being rewritten
+        writing = sorted(set(_in_writing(killed)) - left)
+        mid_write += bool(writing)
         # the segment the kill ended (resumed from the previous kill): its records must be the uninterrupted run's
         diverged = {(key, json.dumps(record)) for key, record in records(killed / "log.jsonl").items()
                     if expected.get(key) != record} - reported
@@ -246,14 +257,16 @@ def part_align(work: Path, home: Path, student: Path, extra: list[str], kills: i
             exact[-1] = False
         problems = loads(killed) + [f"log record {key} differs" for key, _ in sorted(diverged)]
         exact.append(not problems)
-        print(f"kill {number + 1}: {'start-up' if target < 0 else f'after step {target + 1}'} (logged: {at}); "
-              f"{'ok' if not problems else '; '.join(problems)}", flush=True)
+        print(f"kill {number + 1}: {'start-up' if target < 0 else f'after step {target + 1}'} (logged: {at}"
+              f"{', writing ' + ' '.join(writing) if writing else ''}); {'ok' if not problems else '; '.join(problems)}",
+              flush=True)
     final = start(align_command(killed, home, student, extra, (killed / "state").is_dir()), killed / "process.log")
     if final.wait():
         sys.exit(f"the final resume failed: {killed / 'process.log'}")
     differ = same_run(whole, killed)
     if exact and differ:
         exact[-1] = False
+    print(f"{mid_write} of {made} kills landed during a write")
     print(f"finished run against the uninterrupted one: {'identical' if not differ else 'differs: ' + ', '.join(differ)}")
     return sum(exact), made, not differ
 
