@@ -27,6 +27,8 @@ VERSIONS = Registry(
         "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
         # The RobustBench / FARE-style cheaper subset.
         "apgd": ("apgd-ce", "apgd-t"),
+        # Its first attack alone: the least a robustness claim is judged by beyond PGD.
+        "apgd-ce": ("apgd-ce",),
     },
 )
 """Attack cascades by version name; an unknown version raises ValueError listing the valid ones."""

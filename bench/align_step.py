@@ -148,15 +148,16 @@ def main() -> None:
     batch_size, m, n = config.train.batch_size, attack["steps"], refine.get("steps", 0)
     pixels = torch.rand(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     cache = teacher_probs(teacher, pixels)
-    models = Models(student=heads, student_plain=heads, frozen=None, teacher=teacher, teacher_cache=cache,
-                    entropy_median=median_entropy(cache), attack=attack, refine=refine,
+    models = Models(student=heads, student_plain=heads, frozen=None, teacher=teacher,
+                    caches={"teacher_probs": cache}, entropy_median=median_entropy(cache), attack=attack, refine=refine,
                     attack_rng=torch.Generator(device).manual_seed(1),
                     refine_rng=torch.Generator(device).manual_seed(2))
     optimizer, scheduler = optimizer_and_schedule(student_model.visual, config.optim, config.train.steps)
     ema = ModelEmaV3(student_model, decay=config.optim.ema_decay) if config.optim.ema_decay > 0 else None
     optimization = Optimization(model=student_model, optimizer=optimizer, scheduler=scheduler, ema=ema,
                                 grad_clip=config.optim.grad_clip)
-    batch, target, bf16_update = Batch(pixels, None, cache), cache.argmax(dim=1), update_in_bf16(config, device)
+    batch, target = Batch(pixels, None, {"teacher_probs": cache}), cache.argmax(dim=1)
+    bf16_update = update_in_bf16(config, device)
 
     def step():
         train_step(method, batch, models, optimization, step=0, steps=config.train.steps, bf16=bf16_update)

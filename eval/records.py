@@ -36,7 +36,7 @@ class EvalRecord:
     seed: int                 # seed of the subset, PGD starts and AutoAttack restarts
     clean_acc: float          # top-1 on the clean images
     robust_acc: float         # correct clean AND under this attack
-    worst_case_acc: float     # correct clean AND under every attack run at this eps (per sample)
+    worst_case_acc: float     # correct clean AND under every attack run at this eps or a smaller one (per sample)
     audits: dict              # audit name -> {"name", "passed", "detail"}
     audits_passed: bool       # every audit passed
     seconds: float            # time in this attack

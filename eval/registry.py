@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 SOURCE_KINDS = ("hf:", "local:", "embedded:")
-ATTACKS = ("pgd", "apgd", "autoattack")  # the names `robust-w2s eval --attack` accepts
+ATTACKS = ("pgd", "apgd-ce", "apgd", "autoattack")  # the names `robust-w2s eval --attack` accepts
 _METADATA = Path(__file__).with_name("metadata")
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from robust_w2s.data import BadImages
 from robust_w2s.layout import text_head_cache
-from robust_w2s.models import eval_transform, load_model
+from robust_w2s.models import eval_transform, load_model, resolve_device
 from robust_w2s.zeroshot import ZeroShotClassifier
 
 from .records import EvalRecord, eps_label
@@ -24,7 +23,7 @@ def run_eval(model_spec: str, benchmarks: list[Benchmark], settings: EvalSetting
              skip_bad_images: bool = False) -> list[EvalRecord]:
     """Evaluate ``model_spec`` on every benchmark; returns the records written to ``output_dir``.
     Every dataset is loaded and its labels validated before the model runs."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(device))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     subsets = [load_subset(benchmark, home, settings.n_samples, settings.seed) for benchmark in benchmarks]

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -15,56 +19,193 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import UserError
+from .errors import DISK_FULL, UserError
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path``, fsync, then rename over ``path``."""
+    """Write ``text`` to a temp file beside ``path``, fsync, then rename over ``path`` (and fsync
+    the folder, so the rename survives a power cut too).
+
+    Raises OSError(ENOSPC or EDQUOT, filename=path) when the disk is full; ``path`` is then untouched.
+    """
     path = Path(path)
     staging = path.with_name(f".{path.name}.partial")
-    with open(staging, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(staging, path)
+    try:
+        with open(staging, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+    except BaseException as error:
+        staging.unlink(missing_ok=True)
+        _raise_if_disk_full(error, path)
+        raise
+    _fsync(path.parent)
 
 
 @contextlib.contextmanager
-def atomic_folder(path: Path) -> Iterator[Path]:
-    """Yield a staging folder; on success it replaces ``path`` (fsynced), so that at every instant
-    ``path`` holds either the old or the new complete folder. On error the staging is removed."""
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a staging folder; on success it replaces ``path``, fsynced, so that at every instant
+    ``path`` holds the old or the new complete folder, whenever the process is killed.
+
+    The swap is one atomic exchange of the two folders (Linux ``renameat2(RENAME_EXCHANGE)``). Where
+    the platform or file system lacks it (NFS, macOS), the old folder is renamed to ``.NAME.old``
+    and the new one into place: a kill between the two renames leaves only ``.NAME.old``, which the
+    next call (or :func:`recover_folder`) puts back. Staging folders left by killed writers are
+    removed first; on error, this call's staging folder is removed. A full disk, however the writer
+    reports it, is raised as OSError(ENOSPC or EDQUOT, filename=path).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    recover_folder(path)
+    _remove_dead_staging(path)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-{os.getpid()}-", dir=path.parent))
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; a checkpoint is shared like any folder
     try:
         yield staging
-        for file in staging.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
+        for folder, _, files in os.walk(staging):
+            for name in files:
+                _fsync(Path(folder) / name)
+            _fsync(folder)
+        if path.exists() and _exchange(staging, path):
+            _fsync(path.parent)
+            shutil.rmtree(staging, ignore_errors=True)  # now the old folder
+            return
         # A folder cannot be renamed over a non-empty one: move the old one aside first.
-        previous = path.with_name(f".{path.name}.old")
+        previous = _previous(path)
         if path.exists():
             shutil.rmtree(previous, ignore_errors=True)
             os.replace(path, previous)
         os.replace(staging, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path.parent)
         shutil.rmtree(previous, ignore_errors=True)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        _raise_if_disk_full(error, path)
         raise
+
+
+def recover_folder(path: str | os.PathLike) -> None:
+    """Put back the complete old folder that :func:`atomic_folder` moved aside, if a kill left
+    ``path`` missing between its two renames (only where the atomic exchange is unavailable)."""
+    path = Path(path)
+    if not path.exists() and _previous(path).is_dir():
+        os.replace(_previous(path), path)
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def _remove_dead_staging(path: Path) -> None:
+    """Remove the staging folders of ``path`` left by killed writers: those whose process no longer
+    runs on this machine, and this process's own (a pid reused after a kill; one process writes a
+    folder at a time)."""
+    for staging in path.parent.glob(f".{path.name}.staging-*"):
+        pid = staging.name.removeprefix(f".{path.name}.staging-").split("-")[0]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _running(int(pid))):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # no signal-free probe elsewhere: keep the folder
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100  # linux/fs.h, fcntl.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step; False where the platform or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except AttributeError:
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a file system without the exchange
+        return False
+    raise OSError(error, os.strerror(error), str(a), None, str(b))
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    """fsync a file or a folder (a folder's fsync makes the names in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _raise_if_disk_full(error: BaseException, path: Path) -> None:
+    """Raise OSError(code, strerror, path) if ``error`` is a full disk (or quota), else return.
+
+    Writers report a full disk in their own ways (measured on a full tmpfs): Python's files raise
+    OSError(ENOSPC); safetensors raises SafetensorError("... No space left on device (os error 28)");
+    torch.save raises RuntimeError("unexpected pos ...") with the OSError only as its context, and
+    only when it writes through a Python file object (given a path, it keeps no errno at all).
+    """
+    seen, cause = set(), error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        code = cause.errno if isinstance(cause, OSError) else None
+        rust = re.search(r"\(os error (\d+)\)", str(cause))
+        code = code if code in DISK_FULL else int(rust.group(1)) if rust else None
+        if code in DISK_FULL:
+            raise OSError(code, os.strerror(code), str(path)) from error
+        cause = cause.__cause__ or cause.__context__
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def exclusive_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on folder ``path`` (created if missing) while the block runs: a
+    ``flock`` on ``PATH/.lock``, which the system releases when the process ends, however it ends
+    (a SIGKILLed run leaves no stale lock). The file holds the holder's pid, for the message.
+
+    Raises UserError, naming the folder and the pid holding it, when another process holds it, or
+    when ``path`` is a file.
+    """
+    import fcntl  # POSIX only; imported here so that the module loads everywhere
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file, not a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(f"{path} is in use by another run (pid {holder} holds {path / LOCK_FILE})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_cfg: dict | None = None,

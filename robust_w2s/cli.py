@@ -7,6 +7,8 @@ command imports what it runs inside its function, so ``--help`` does not wait fo
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -14,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UserError, unknown_name
+from .errors import DISK_FULL, UserError, unknown_name
 
 EPILOG = """model specs:
   embedded:weak|weak-robust|strong  the embedded world's CLIPs
@@ -102,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "robust_vs_eps.png in --output-dir.", epilog=EPILOG,
         formatter_class=_Formatter)
     _add_target(evaluate)
-    evaluate.add_argument("--attack", help="comma list of pgd, apgd (APGD-CE + APGD-T), autoattack "
+    evaluate.add_argument("--attack", help="comma list of pgd, apgd-ce (APGD-CE alone), apgd (APGD-CE + APGD-T), autoattack "
                                            "(standard AA); default: the protocol's")
     evaluate.add_argument("--eps", help="comma list of Linf radii, e.g. 1/255,4/255; default: the protocol's")
     evaluate.add_argument("--protocol", help="tecoa, fare, autoattack or embedded (default: embedded for "
@@ -196,9 +198,12 @@ def _check_sizes(args) -> None:
 
 
 def _run_zeroshot(args) -> int:
+    from .checkpoints import atomic_write_text
     from .eval.benchmarks import resolve
 
     _check_sizes(args)
+    if args.output and Path(args.output).is_dir():
+        raise UserError(f"--output {args.output} is a folder: give the path of a JSON file")
     from .eval.zeroshot import zero_shot_report
 
     benchmarks = resolve(args.suite, args.dataset, args.home, args.classnames)
@@ -211,7 +216,7 @@ def _run_zeroshot(args) -> int:
     if args.output:
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(report, indent=2))
+        atomic_write_text(output, json.dumps(report, indent=2))
         print(f"wrote {output}")
     return 0
 
@@ -225,15 +230,19 @@ def _run_eval(args) -> int:
     from .eval.suite import run_eval
 
     _check_sizes(args)
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise UserError(f"--output-dir {args.output_dir} is a file: give a folder")
     benchmarks = resolve(args.suite, args.dataset, args.home, args.classnames)
     protocol = get_protocol(args.protocol or default_protocol(args.suite, args.dataset))
     try:
-        eps = tuple(parse_eps(e) for e in args.eps.split(",")) if args.eps else protocol.eps
+        eps = tuple(parse_eps(e) for e in args.eps.split(",")) if args.eps is not None else protocol.eps
     except ValueError as error:
         raise UserError(str(error)) from None
+    if len(set(eps)) < len(eps):  # the records of one radius would overwrite each other
+        raise UserError(f"--eps {args.eps}: a radius is listed twice")
     if args.pgd_steps is not None and args.pgd_steps < 1:
         raise UserError(f"--pgd-steps must be >= 1, got {args.pgd_steps}")
-    attacks = tuple(args.attack.split(",")) if args.attack else protocol.attacks
+    attacks = tuple(args.attack.split(",")) if args.attack is not None else protocol.attacks
     for attack in attacks:
         if attack not in ATTACKS:
             raise unknown_name("attack", attack, ATTACKS)
@@ -274,11 +283,16 @@ def _run_convert(args) -> int:
 
 def _run_align(args) -> int:
     from .align import load_config, train
+    from .checkpoints import exclusive_folder
 
     config = load_config(args.config, args.overrides)
     output_dir = args.output_dir or str(Path("runs/align") / Path(args.config).stem)
-    checkpoint = train(config, output_dir, home=args.home, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:
+    # One run per folder: a second one refuses instead of mixing its states with this one's. Under
+    # torchrun, rank 0 (the one that writes) holds the lock.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    with exclusive_folder(output_dir) if main_process else contextlib.nullcontext():
+        checkpoint = train(config, output_dir, home=args.home, resume=args.resume)
+    if main_process:
         print(f"checkpoint: {checkpoint} (log: {Path(output_dir) / 'log.jsonl'})")
     return 0
 
@@ -288,6 +302,7 @@ def _run_demo(args) -> int:
 
     import torch
 
+    from .checkpoints import exclusive_folder
     from .study import FULL, QUICK, run_study
 
     settings = QUICK if args.quick else FULL
@@ -304,8 +319,9 @@ def _run_demo(args) -> int:
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     output_dir = args.output_dir or ("runs/demo-quick" if args.quick else "runs/demo")
-    report = run_study(settings, output_dir, home=args.home, workers=workers, report_dir=args.report_dir,
-                       command=" ".join(["robust-w2s", *sys.argv[1:]]))
+    with exclusive_folder(output_dir):  # one study per folder: a second one refuses
+        report = run_study(settings, output_dir, home=args.home, workers=workers, report_dir=args.report_dir,
+                           command=" ".join(["robust-w2s", *sys.argv[1:]]))
     print(f"report: {report}")
     return 0
 
@@ -326,6 +342,21 @@ def _run_theory(args) -> int:
     return 0
 
 
+# Errors about a path itself, not about what the program did with it: bad input (exit 2).
+PATH_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG)
+# What to do after a full disk: checkpoints, states and result records are written atomically.
+FULL_DISK_HINT = {
+    "align": "the last complete checkpoint and state are kept: free space, then run again with --resume",
+    None: "free space, then run again",
+}
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    """The CLI's one line on stderr for a failed command (a message's own line breaks are joined)."""
+    print(f"robust-w2s {command}: error: {' '.join(message.splitlines())}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")  # open_clip warns on every random-init model
     logging.getLogger("robust_w2s").setLevel(logging.WARNING)  # ours are meant to be read
@@ -336,8 +367,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except UserError as error:
-        print(f"robust-w2s {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(error), 2)
+    except OSError as error:
+        if error.errno in DISK_FULL:  # the input was fine, the run could not finish: a failed run
+            where = f" writing {error.filename}" if error.filename else ""
+            kept = FULL_DISK_HINT.get(args.command, FULL_DISK_HINT[None])
+            return _fail(args.command, f"{os.strerror(error.errno).lower()}{where}; {kept}", 1)
+        if error.errno in PATH_ERRORS and error.filename:  # a path the user gave (or --home) cannot be used
+            return _fail(args.command, f"{error.filename}: {error.strerror}", 2)
+        raise
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import difflib
+import errno
 from typing import Iterable
 
 MAX_LISTED = 30  # longer lists of valid names (open_clip's models) show only the closest ones
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: the CLI exits 1 (a failed run), not 2
 
 
 class UserError(Exception):

@@ -77,6 +77,24 @@ def load_model(spec: str, home: str | os.PathLike | None = None, device: str = "
     return model, loaded[1], loaded[2]
 
 
+def resolve_device(name: str | None, what: str = "--device") -> torch.device:
+    """The torch device named by a ``--device`` or ``train.device`` value (``what`` names it in errors).
+
+    "auto" or None: CUDA if available, else the CPU. Raises UserError for a name torch does not know
+    or a CUDA device this machine lacks (torch would fail later, at the first ``.to()``, with a
+    traceback). Example: ``resolve_device("cpu") == torch.device("cpu")``.
+    """
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{what}: unknown device {name!r} (auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"{what}: no CUDA device {name!r} on this machine ({torch.cuda.device_count()} visible)")
+    return device
+
+
 def load_checkpoint(path: str | os.PathLike):
     """Load a checkpoint folder (see :mod:`robust_w2s.checkpoints`) as (model, preprocess, tokenizer).
 

@@ -10,10 +10,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from robust_w2s import configs
-from robust_w2s.layout import WORLD_MODELS, model_spec
+from robust_w2s.layout import SHIFTED_ALIGNMENT_SPLIT, WORLD_MODELS, model_spec
 
 CONFIG_DIR = Path(configs.__file__).parent / "embedded"  # configs/embedded/ (package data when installed)
 NATURAL_TEACHER, ROBUST_TEACHER = model_spec("weak"), model_spec("weak-robust")
+SHIFTED_SPLIT = SHIFTED_ALIGNMENT_SPLIT  # the alignment split under distribution shift (mostly outlines, textures)
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Run:
     label: str                  # how tables name it
     teacher: str = ROBUST_TEACHER  # the weak teacher (only read by methods that declare a teacher)
     w2s: bool = False           # a weak-to-strong run: PGR is computed against its teacher
+    split: str = ""             # "": the config's alignment split; else the world split it aligns on
 
     @property
     def config_path(self) -> Path:
@@ -42,18 +44,31 @@ RUNS: tuple[Run, ...] = (
     Run("pmg-aft", "pmg-aft", "PMG-AFT (labels)"),
     Run("fare", "fare", "FARE"),
     Run("agft", "agft", "AGFT"),
+    # Table D: several weak teachers, on the alignment split and on the shifted one.
+    *(Run(f"{name}{suffix}", name, label, split=split)
+      for suffix, split in (("", ""), ("-shifted", SHIFTED_SPLIT))
+      for name, label in (("average", "naive average of teachers"), ("adv-average", "adversarial naive average"),
+                          ("raven", "RAVEN"), ("adv-raven", "adversarial RAVEN"),
+                          ("selective", "Selective W2SG"), ("adv-selective", "adversarial Selective W2SG"))),
+    Run("adv-w2s-shifted", "adv-w2s", "Adv-W2S (EUR + IAR)", w2s=True, split=SHIFTED_SPLIT),
+    Run("tecoa-shifted", "tecoa", "TeCoA (labels)", split=SHIFTED_SPLIT),
+    # Beyond the papers: RAVEN's learned mix of a natural and a robust teacher on adversarial inputs.
+    Run("adv-raven-natural-robust", "adv-raven-natural-robust", "adversarial RAVEN (natural + robust teacher)"),
 )
 
 # The world's own models (layout.WORLD_MODELS) are evaluated once: they do not depend on the seeds.
 WORLD_LABELS = {"weak": "natural weak teacher", "weak-robust": "robust weak teacher (TeCoA)",
-                "strong": "strong, undefended", "weak-outline": "outline-pretrained weak teacher",
-                "weak-poor": "poor weak teacher"}
+                "strong": "strong, undefended", "weak-outline": "outline-pretrained weak teacher", "weak-poor": "poor weak teacher"}
 CEILING = "tecoa"  # DESIGN.md section 5: the strong ceiling is TeCoA with labels on the same data and budget
 
 # Table B (paper's Table 2): the defences side by side, with standard AutoAttack.
 TABLE_B = ("strong", "tecoa", "pmg-aft", "fare", "agft", "adv-w2s")
 # Table C (paper's Table 9): the ablation of Adv-W2S.
 TABLE_C = ("adv-w2s-base", "adv-w2s-eur", "adv-w2s-iar", "adv-w2s")
+# Table D (RAVEN and Selective W2SG): per alignment split, the rows, each (clean variant, adversarial variant).
+TABLE_D_METHODS = (("average", "adv-average"), ("raven", "adv-raven"), ("selective", "adv-selective"),
+                   ("vanilla-w2s", "adv-w2s"), ("tecoa", None))
+TABLE_D_SPLITS = {"alignment": "", SHIFTED_SPLIT: "-shifted"}  # split -> suffix of its run names
 # Models whose robust accuracy is traced against epsilon (plot).
 CURVE_MODELS = ("strong", "weak", "weak-robust", "vanilla-w2s", "adv-w2s", "tecoa", "fare")
 
@@ -89,7 +104,9 @@ QUICK = StudySettings(seeds=(0,), overrides=("train.steps=30", "train.checkpoint
 def run_overrides(run: Run, seed: int, settings: StudySettings) -> list[str]:
     """The `--set` list that turns ``run.config`` into this study's run for ``seed``."""
     # The training-time zero-shot check is off: the study evaluates every checkpoint afterwards.
-    return [f"teacher={run.teacher}", *settings.overrides, f"train.seed={seed}", "check.tasks=[]"]
+    overrides = [f"teacher={run.teacher}"]
+    overrides += [f"data.dataset=embedded:{run.split}"] if run.split else []
+    return [*overrides, *settings.overrides, f"train.seed={seed}", "check.tasks=[]"]
 
 
 @dataclass(frozen=True)

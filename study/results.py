@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from robust_w2s.errors import UserError
 from robust_w2s.eval.records import EvalRecord
 
+from robust_w2s.layout import EMBEDDED
+
 from .plan import CEILING, NATURAL_TEACHER, WORLD_LABELS
 
 MIN_PGR_GAP = 0.02  # PGR needs a ceiling this far (2 points) above the teacher, else it measures noise
@@ -75,11 +77,38 @@ class Results:
         run = self.runs[group]
         return run["label"] + (" ← natural teacher" if run["teacher"] == NATURAL_TEACHER else "")
 
+    def _trainings(self, group: str) -> list[dict]:
+        return [self.raw["training"][model] for model in self.members["main"][group]]
+
+    def teachers(self, group: str) -> list[str]:
+        """The world models a multi-teacher run combined, in its order (its config's ``teachers``)."""
+        return [spec.removeprefix(EMBEDDED) for spec in self._trainings(group)[0]["config"]["teachers"]]
+
+    def learned_weights(self, group: str) -> dict[str, float]:
+        """RAVEN's final weight of each teacher (world model name), mean over seeds."""
+        runs = [training["teacher_weights"] for training in self._trainings(group)]
+        return {spec.removeprefix(EMBEDDED): statistics.fmean(run[spec] for run in runs) for spec in runs[0]}
+
+    def split_accuracy(self, model: str, split: str) -> float | None:
+        """A world model's clean accuracy on an alignment split, as world.json measured it (None if not)."""
+        return ((self.world.get("measured") or {}).get(model, {}).get(split) or {}).get("clean_acc")
+
+    def pik(self, group: str) -> str:
+        """P(IK)'s held-out precision and recall over seeds, as text."""
+        records = [training["pik"] for training in self._trainings(group)]
+        parts = []
+        for key in ("precision", "recall"):
+            values = [r[key] for r in records if r[key] is not None]
+            parts.append(f"{key} {Stat(tuple(values))}%" if values else f"{key} undefined")
+        return (", ".join(parts) + f" on {records[0]['n_holdout']} held-out of {records[0]['n_labels']} labelled "
+                f"images (it reads no other label; {Stat(tuple(r['knows_rate'] for r in records))}% of them known)")
+
     def has(self, group: str, kind: str = "main") -> bool:
         return bool(self.members[kind].get(group))
 
     def value(self, model: str, kind: str, metric: str, tasks: list[str], *, eps: float | None = None) -> float:
-        """Mean over ``tasks`` of one model's metric: "clean", an attack's robust accuracy, or "worst"."""
+        """Mean over ``tasks`` of one model's metric: "clean", an attack's robust accuracy ("pgd",
+        "autoattack"), or "worst": the per-sample worst case over every attack the evaluation ran."""
         eps = self.world["epsilon"] if eps is None else eps
         attack = "autoattack" if metric == "autoattack" else "pgd"
         rows = [self.index[kind, model, task, attack, eps] for task in tasks]
@@ -98,6 +127,10 @@ class Results:
         """The tasks an evaluation covered, in the world's order."""
         covered = {task for (k, _, task, *_) in self.index if k == kind}
         return [task for task in self.tasks if task in covered]
+
+    def attacks_of(self, kind: str) -> set[str]:
+        """The attacks an evaluation ran."""
+        return {attack for (k, _, _, attack, _) in self.index if k == kind}
 
     def curve_eps(self) -> list[float]:
         return sorted({eps for (kind, *_, eps) in self.index if kind == "curve"})

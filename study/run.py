@@ -1,8 +1,10 @@
 """Running the study: jobs (train one run for one seed, evaluate one model), cached, run by a pool.
 
 Each job writes into its own folder and, last, a marker with its fingerprint (the job's fields,
-the world's fingerprint and the fingerprint of the job it needs), so a killed or repeated study
-redoes only what is missing or stale; a killed training resumes from its ``state/``.
+the world's fingerprint and the fingerprint of the job it needs) and the size of each output the
+study reads, so a killed or repeated study redoes only what is missing or stale: a job killed
+before its marker, and a finished job whose outputs were deleted or replaced since. A killed
+training resumes from its ``state/``.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from robust_w2s.checkpoints import atomic_write_text
+from robust_w2s.checkpoints import CONFIG_FILE, WEIGHTS_FILE, atomic_write_text
 from robust_w2s.errors import UserError
 from robust_w2s.layout import model_spec
 from robust_w2s.world.stages import WorldConfig, build_world
@@ -28,6 +30,9 @@ from robust_w2s.world.stages import WorldConfig, build_world
 from .plan import CURVE_MODELS, RUNS, TABLE_B, StudySettings, run_overrides, study_models
 
 MARKER = "study-job.json"
+# Every model's main evaluation: PGD-20, then APGD-CE (100 steps) on the samples PGD-20 left robust; claims
+# are judged by the per-sample worst case of the two, never by PGD-20 alone.
+MAIN_ATTACKS = ("pgd", "apgd-ce")
 PRIORITY = {"autoattack": 0, "train": 1, "main": 2, "curve": 3}  # long jobs first, so the pool ends level
 
 
@@ -49,6 +54,11 @@ class TrainJob:
         train_or_resume(load_config(self.config, list(self.overrides)), self.folder, home=home,
                         depends_on=self.upstream)
 
+    def outputs(self) -> list[Path]:
+        """What the study reads of a finished training (:func:`collect`, the evaluations)."""
+        folder = Path(self.folder)
+        return [folder / "checkpoint" / CONFIG_FILE, folder / "checkpoint" / WEIGHTS_FILE, folder / "log.jsonl"]
+
 
 @dataclass(frozen=True)
 class EvalJob:
@@ -65,6 +75,7 @@ class EvalJob:
     upstream: str            # fingerprint of the training job (or of the world)
     tasks: tuple[str, ...] = ()  # () = every task of the world
     needs: str | None = None
+    cascade: bool = False    # later attacks only on what earlier ones left robust (EvalSettings.cascade)
 
     def run(self, home) -> None:
         from robust_w2s.eval.benchmarks import EMBEDDED_PGD_STEPS, resolve
@@ -77,8 +88,13 @@ class EvalJob:
             stale.unlink()
         benchmarks = [b for b in resolve("embedded", None, home) if not self.tasks or task_name(b) in self.tasks]
         settings = EvalSettings(attacks=self.attacks, eps=self.eps, pgd_steps=EMBEDDED_PGD_STEPS,
-                                n_samples=self.n_samples, seed=self.eval_seed, audit_samples=self.audit_samples)
+                                n_samples=self.n_samples, seed=self.eval_seed, audit_samples=self.audit_samples,
+                                cascade=self.cascade)
         run_eval(self.spec, benchmarks, settings, folder, home=home, protocol="embedded")
+
+    def outputs(self) -> list[Path]:
+        """The evaluation records (one JSON per task, attack and eps), as :func:`collect` reads them."""
+        return sorted(path for path in Path(self.folder).glob("*.json") if path.name != MARKER)
 
 
 Job = TrainJob | EvalJob
@@ -89,8 +105,19 @@ def fingerprint(job: Job) -> str:
 
 
 def is_done(job: Job) -> bool:
+    """Whether ``job`` finished with its current fingerprint and every output it wrote is still
+    there, of the size it had (a deleted or rewritten output: the job runs again)."""
     marker = Path(job.folder) / MARKER
-    return marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint(job)
+    if not marker.is_file():
+        return False
+    record = json.loads(marker.read_text())
+    outputs = record.get("outputs")  # {path relative to the job's folder: size in bytes}
+    return (record.get("fingerprint") == fingerprint(job) and bool(outputs)
+            and all(_size(Path(job.folder) / name) == size for name, size in outputs.items()))
+
+
+def _size(path: Path) -> int | None:
+    return path.stat().st_size if path.is_file() else None
 
 
 def job_seconds(job: Job) -> float:
@@ -116,7 +143,7 @@ def plan_jobs(settings: StudySettings, work: Path, world: dict) -> list[Job]:
             trained[model] = job
             jobs.append(job)
 
-    def evaluation(model, kind, *, attacks, eps_values, n_samples, tasks=()):
+    def evaluation(model, kind, *, attacks, eps_values, n_samples, tasks=(), cascade=False):
         source = trained.get(model.id)
         suffix = f"/{tasks[0]}" if tasks else ""
         return EvalJob(key=f"{kind} {model.id}{suffix}", model=model.id,
@@ -124,11 +151,12 @@ def plan_jobs(settings: StudySettings, work: Path, world: dict) -> list[Job]:
                        spec=str(Path(source.folder) / "checkpoint") if source else model_spec(model.id),
                        attacks=attacks, eps=eps_values, n_samples=n_samples, eval_seed=settings.eval_seed,
                        audit_samples=settings.audit_samples, upstream=fingerprint(source) if source else world_fp,
-                       tasks=tasks, needs=source.key if source else None)
+                       tasks=tasks, needs=source.key if source else None, cascade=cascade)
 
     autoattack_seeds = set(settings.seeds[:settings.autoattack_seeds])
     for model in study_models(settings):
-        jobs.append(evaluation(model, "main", attacks=("pgd",), eps_values=(eps,), n_samples=settings.n_eval))
+        jobs.append(evaluation(model, "main", attacks=MAIN_ATTACKS, eps_values=(eps,), n_samples=settings.n_eval,
+                               cascade=True))
         if model.group in TABLE_B and (model.seed is None or model.seed in autoattack_seeds):
             # One job per task: standard AutoAttack is the study's longest work; finer jobs balance the pool.
             tasks = world["tasks"] if settings.autoattack_all_tasks else [world["alignment_task"]]
@@ -149,11 +177,13 @@ def _execute(job: Job, home) -> float:
     started = time.time()
     folder = Path(job.folder)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).unlink(missing_ok=True)  # a job redone is not done until it finishes again
     with open(folder / "job.log", "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
         job.run(home)
     seconds = time.time() - started
-    atomic_write_text(Path(job.folder) / MARKER, json.dumps({"fingerprint": fingerprint(job), "key": job.key,
-                                                            "seconds": seconds}, indent=2))
+    outputs = {str(path.relative_to(folder)): path.stat().st_size for path in job.outputs()}
+    atomic_write_text(folder / MARKER, json.dumps({"fingerprint": fingerprint(job), "key": job.key,
+                                                   "seconds": seconds, "outputs": outputs}, indent=2))
     return seconds
 
 
@@ -237,8 +267,11 @@ def collect(jobs: list[Job], settings: StudySettings, world: dict, *, wall_secon
             checkpoint = read_checkpoint_config(Path(job.folder) / "checkpoint")["robust_w2s"]
             log = [json.loads(line) for line in (Path(job.folder) / "log.jsonl").read_text().splitlines()]
             last = [line for line in log if "loss" in line][-1]
+            start = next(line for line in log if line.get("event") == "start")
             training[job.model] = {"config": checkpoint["config"], "steps": checkpoint["step"],
-                                   "final_loss": last["loss"], "seconds": job_seconds(job)}
+                                   "final_loss": last["loss"], "seconds": job_seconds(job),
+                                   # RAVEN's learned weights by teacher; P(IK)'s held-out record
+                                   "teacher_weights": checkpoint.get("teacher_weights"), "pik": start.get("pik")}
             continue
         model = groups[job.model]
         # The eval suite's record as written, under the study's own keys for the model and the job.
@@ -252,8 +285,8 @@ def collect(jobs: list[Job], settings: StudySettings, world: dict, *, wall_secon
                   "wall_seconds": wall_seconds, "job_seconds": sum(job_seconds(job) for job in jobs),
                   "workers": workers, "cpu_count": os.cpu_count(), "machine": platform.machine(),
                   "versions": package_versions()},
-        "world": {key: world[key] for key in ("epsilon", "teacher_train_epsilon", "alignment_task", "tasks",
-                                             "seed", "fingerprint")},
+        "world": {key: world.get(key) for key in ("epsilon", "teacher_train_epsilon", "alignment_task", "tasks",
+                                                 "seed", "fingerprint", "measured")},
         "training": training,
         "records": records,
     }

@@ -62,3 +62,32 @@ def test_ci_runs_exactly_the_readme_test_command():
     test_command = next(line for line in readme[:20] if "pytest" in line).strip().strip("`")
     last_step = test_command.split("&&")[-1].strip()
     assert last_step in (ROOT / ".ci" / "run").read_text()
+
+
+def test_one_run_per_output_folder_align_and_demo_refuse_a_folder_in_use(world_home, tmp_path, capsys):
+    import os
+    import time
+
+    from robust_w2s.checkpoints import exclusive_folder
+
+    run = tmp_path / "run"
+    align = ["align", "--config", str(ROOT / "configs" / "embedded" / "adv-w2s.yaml"), "--output-dir", str(run),
+             "--home", str(world_home), "--set", "train.steps=1000", "--set", "train.batch_size=8",
+             "--set", "check.tasks=[]"]
+    first = subprocess.Popen([sys.executable, "-m", "robust_w2s.cli", *align], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        while not (run / "log.jsonl").is_file():  # training: the folder is held
+            assert first.poll() is None, "the first align ended early"
+            time.sleep(0.1)
+        assert main(align) == 2
+        refusal = capsys.readouterr().err
+        assert refusal.count("\n") == 1 and str(run) in refusal and f"pid {first.pid} " in refusal, refusal
+    finally:
+        first.kill()  # SIGKILL: the system releases its lock
+        first.wait()
+    with exclusive_folder(run):  # free again; held here, as by a running demo
+        assert main(["demo", "--quick", "--output-dir", str(run), "--home", str(tmp_path / "home")]) == 2
+    refusal = capsys.readouterr().err
+    assert refusal.count("\n") == 1 and str(run) in refusal and f"pid {os.getpid()} " in refusal, refusal
+    assert not (tmp_path / "home").exists()  # refused before building anything

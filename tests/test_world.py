@@ -151,7 +151,7 @@ def test_shifted_split_is_alignment_data_and_its_recorded_accuracy_is_the_harnes
                               world, world_home)
     assert free.column_names == ["image"] and len(free) == tiny_world_config.alignment_size
     config = load_config(None, [f"data.dataset={spec}", "method.name=tecoa"])
-    dataset, classnames, templates, labels = alignment_data(config, M.Plan.build(config.method), world, world_home)
+    dataset, classnames, templates, labels, _ = alignment_data(config, M.Plan.build(config.method), world, world_home)
     model, _, tokenizer = load_model(model_spec("weak-outline"), home=world_home)
     classifier = ZeroShotClassifier(model, tokenizer, classnames, templates)
     subset = dataset.select(range(tiny_world_config.alignment_check_size))

@@ -6,6 +6,7 @@ only names what differs. Unknown keys are errors with a suggestion; values are t
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -78,6 +79,8 @@ class CheckSettings:
 class AlignConfig:
     method: MethodSettings = field(default_factory=MethodSettings)  # objective and its switches
     teacher: str = model_spec("weak-robust")  # frozen weak teacher: a model spec (DESIGN.md section 8)
+    teachers: list[str] = field(default_factory=list)  # several weak teachers: read by the guidances
+    # that combine them (method.guidance average or raven), in this order (teacher_weight_0, 1, ...)
     student: str = model_spec("strong")       # strong student: its image tower trains
     data: DataSettings = field(default_factory=DataSettings)
     attack: AttackSettings = field(default_factory=AttackSettings)
@@ -109,9 +112,52 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         cursor = nested
         for part in parents:
             cursor = cursor.setdefault(part, {})
-        cursor[last] = yaml.safe_load(text) if text.strip() else ""
+        try:
+            cursor[last] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as error:
+            raise UserError(f"--set {override!r}: invalid YAML value ({str(error).splitlines()[0]})") from None
         apply(config, nested)
+    check_values(config)
     return config
+
+
+def _at_least(low: int):
+    return (lambda value: value >= low), f">= {low}"
+
+
+POSITIVE = (lambda value: value > 0), "> 0"
+FRACTION = (lambda value: 0 <= value <= 1), "in [0, 1]"
+# The numbers a setting may take, beyond its type: (predicate, what it says). The loop and the
+# optimizers would fail later with a traceback, or worse silently train with a NaN learning rate.
+LIMITS = {
+    "method.beta": FRACTION, "method.beta_warmup": FRACTION, "method.agft_temperature": POSITIVE,
+    "method.fare_warmup_steps": _at_least(0), "method.raven.lr": _at_least(0), "method.raven.freeze": FRACTION,
+    "method.raven.agreement": FRACTION, "method.graph.iterations": _at_least(0),
+    "method.pik.holdout": ((lambda value: 0 <= value < 1), "in [0, 1)"), "method.pik.threshold": FRACTION,
+    "data.workers": _at_least(0),
+    "attack.steps": _at_least(0), "attack.refine_steps": _at_least(0), "attack.start_noise_std": _at_least(0),
+    "optim.lr": POSITIVE, "optim.weight_decay": _at_least(0), "optim.warmup_steps": _at_least(0),
+    "optim.min_lr": _at_least(0), "optim.grad_clip": _at_least(0),
+    "optim.ema_decay": ((lambda value: 0 <= value < 1), "in [0, 1)"),
+    "train.steps": _at_least(1), "train.batch_size": _at_least(1), "train.checkpoint_every": _at_least(1),
+    "train.eval_every": _at_least(0), "train.log_every": _at_least(1),
+    "check.n_samples": _at_least(1), "check.pgd_steps": _at_least(0),
+}
+
+
+def check_values(config: AlignConfig) -> None:
+    """Raise a one-line UserError for the first setting outside its ``LIMITS`` (or not finite)."""
+    for key, (allowed, text) in LIMITS.items():
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not math.isfinite(value) or not allowed(value):
+            raise UserError(f"{key} must be {text}, got {value!r}")
+
+
+# Keys of earlier releases: a config that uses one is told what replaced it.
+RETIRED_KEYS = {"method.eur": "method.reweighting (eur: true -> eur, false -> beta)",
+                "method.iar": "method.guidance (iar: true -> iar, false -> teacher)"}
 
 
 def apply(target, values: dict, prefix: str = "") -> None:
@@ -120,6 +166,8 @@ def apply(target, values: dict, prefix: str = "") -> None:
     hints = typing.get_type_hints(type(target))
     for key, value in values.items():
         name = f"{prefix}{key}"
+        if name in RETIRED_KEYS:
+            raise UserError(f"config key {name!r} was replaced by {RETIRED_KEYS[name]}")
         if key not in fields:
             raise unknown_name("config key", name, [f"{prefix}{field_name}" for field_name in fields])
         current = getattr(target, key)

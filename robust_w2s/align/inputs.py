@@ -57,28 +57,33 @@ class Models:
     student_plain: StudentHeads              # the same module unwrapped: what attacks run on
     frozen: StudentHeads | None              # S0, the frozen initial student (None if no method needs it)
     teacher: ZeroShotClassifier | None       # T, frozen (None if no method needs it)
-    teacher_cache: Tensor | None             # p_T(x) of every alignment image [N, K], on the CPU
+    caches: dict[str, Tensor]                # per-image inputs computed once before training, by input
+    # name (CACHED_INPUTS), [N, ...] on the CPU: e.g. teacher_probs [N, K], teachers_probs [N, T, K]
     entropy_median: Tensor | None            # kappa over the alignment set, computed once
+    teacher_mixture: nn.Module | None = None  # RAVEN's weights (guidance.TeacherMixture), trained by the loop
     attack: dict                             # pgd keywords of the student attack (eps, alpha, steps, start, precision)
     refine: dict                             # inverse_adversarial keywords of IAR (the same keys)
     attack_rng: torch.Generator              # random starts of the student attack
     refine_rng: torch.Generator              # random starts of the teacher refinement
 
 
+# Inputs read per batch from Models.caches (computed once by setup.prepare, only if declared).
+CACHED_INPUTS = ("teacher_probs", "teachers_probs", "average_teacher_probs", "smoothed_teacher_probs", "pik")
+
+
 @dataclass
 class Batch:
     images: Tensor                           # x, [B, 3, H, W] in [0, 1], on the device
     labels: Tensor | None                    # y [B], only if a method declared labels
-    teacher_probs: Tensor | None             # p_T(x) from the cache (None if no teacher is needed)
+    cached: dict[str, Tensor]                # the batch's rows of every cache (CACHED_INPUTS), on the device
 
     @classmethod
     def from_loader(cls, items: dict, models: Models, device: torch.device) -> "Batch":
         """A batch of ``PixelView`` items ({"index", "pixels", "label"?}) on ``device``, with the
-        teacher's cached outputs for those images."""
-        cache = models.teacher_cache
+        cached per-image inputs of those images."""
         return cls(images=items["pixels"].to(device, non_blocking=True),
                    labels=items["label"].to(device) if "label" in items else None,
-                   teacher_probs=cache[items["index"]].to(device) if cache is not None else None)
+                   cached={name: cache[items["index"]].to(device) for name, cache in models.caches.items()})
 
 
 class StepInputs(Mapping):
@@ -102,7 +107,8 @@ class StepInputs(Mapping):
 
     def _get(self, name: str):
         if name not in self._cache:
-            self._cache[name] = getattr(self, f"_{name}")()
+            self._cache[name] = (self.batch.cached[name] if name in CACHED_INPUTS
+                                 else getattr(self, f"_{name}")())
         return self._cache[name]
 
     # --- given by the data and the caches --------------------------------------------------------
@@ -112,16 +118,16 @@ class StepInputs(Mapping):
     def _progress(self):
         return self.progress
 
-    def _teacher_probs(self):
-        return self.batch.teacher_probs
-
     def _teacher_entropy_median(self):
         return self.models.entropy_median
+
+    def _teacher_weights(self):
+        return self.models.teacher_mixture.weights
 
     # --- passes through the teacher, the student and the frozen student ---------------------------
     def _refined_teacher_probs(self):
         m = self.models
-        prediction = self.batch.teacher_probs.argmax(dim=-1)  # M(p_T(x)) from the cache: no extra pass
+        prediction = self._get("teacher_probs").argmax(dim=-1)  # M(p_T(x)) from the cache: no extra pass
         refined = inverse_adversarial(m.teacher, self.batch.images, prediction=prediction,
                                       generator=m.refine_rng, **m.refine)
         return teacher_probs(m.teacher, refined)
@@ -143,6 +149,8 @@ class StepInputs(Mapping):
         return self.models.student(self.batch.images)
 
     def _self_labels(self):
+        if "clean_logits" in self.method.needs:  # the same forward: no second pass (and the same dropout draw)
+            return self._get("clean_logits").detach().argmax(dim=-1)
         with torch.no_grad():
             return self.models.student_plain(self.batch.images).argmax(dim=-1)
 

@@ -15,11 +15,11 @@ import torch
 import torch.distributed as torch_dist
 from tqdm.auto import tqdm
 
-from ..checkpoints import atomic_write_text
+from ..checkpoints import CONFIG_FILE, atomic_write_text, recover_folder, weights_file
 from ..errors import UserError
 from ..layout import read_world
 from .check import ZeroShotCheck
-from .config import AlignConfig
+from .config import AlignConfig, check_values
 from .inputs import Batch, Models, StepInputs
 from .methods import Method, Plan
 from .setup import Optimization, batches, prepare, resolve_precision, setup_distributed, update_in_bf16
@@ -43,10 +43,11 @@ def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume:
 
     # Setup: data (labels only if declared), models, teacher cache, optimizer (setup.prepare).
     session = prepare(config, plan, dist, world=world, home=home)
-    start = restore(output_dir / "state", config, dist, session) if resume else 0
     check = (ZeroShotCheck.on_world(session.optimization.exported, session.tokenizer, world, config.check,
                                     eps=session.models.attack["eps"], home=home, seed=run.seed)
              if dist.is_main else None)
+    # Restored last: whatever the setup draws from the global RNG, the loop continues its saved stream.
+    start = restore(output_dir / "state", config, dist, session) if resume else 0
     log = RunLog(output_dir / "log.jsonl", start, enabled=dist.is_main, fresh=not resume)
     models = session.models
     if dist.is_main:
@@ -54,50 +55,54 @@ def train(config: AlignConfig, output_dir: str | os.PathLike, home=None, resume:
                    "device": str(dist.device), "attack_precision": resolve_precision(config.attack.precision, dist.device),
                    "update_bf16": update_in_bf16(config, dist.device),
                    "teacher_entropy_median": None if models.entropy_median is None
-                   else float(models.entropy_median)})
+                   else float(models.entropy_median), **session.record})
 
     # The loop: identical for every method.
-    bar = tqdm(total=run.steps, initial=start, disable=not dist.is_main, desc=config.method.name, unit="step")
     stream = batches(session.view, batch_size=run.batch_size, seed=run.seed, dist=dist, start_step=start,
                      workers=config.data.workers)
+    bar = tqdm(total=run.steps, initial=start, disable=not dist.is_main, desc=config.method.name, unit="step")
     bf16 = update_in_bf16(config, dist.device)
-    for step, position, items in stream:
-        if step >= run.steps:
-            break
-        tic = time.perf_counter()
-        method = plan.at(step)
-        batch = Batch.from_loader(items, models, dist.device)
+    try:  # the bar ends its line before an error is printed
+        for step, position, items in stream:
+            if step >= run.steps:
+                break
+            tic = time.perf_counter()
+            method = plan.at(step)
+            batch = Batch.from_loader(items, models, dist.device)
 
-        # Step: the method's loss on its declared inputs, backward, clip, AdamW, schedule, EMA.
-        loss, terms, grad_norm = train_step(method, batch, models, session.optimization, step=step,
-                                            steps=run.steps, bf16=bf16)
-        session.optimization.scheduler.step_update(step + 1)
+            # Step: the method's loss on its declared inputs, backward, clip, AdamW, schedule, EMA.
+            loss, terms, grad_norm = train_step(method, batch, models, session.optimization, step=step,
+                                                steps=run.steps, bf16=bf16)
+            session.optimization.scheduler.step_update(step + 1)
 
-        # Log: loss and terms averaged over processes, learning rate, throughput.
-        done = step + 1
-        values = _mean_over_ranks({"loss": loss, "grad_norm": grad_norm, **terms}, dist)
-        seconds = time.perf_counter() - tic
-        if done % run.log_every == 0 or done == run.steps:
-            log.write({"step": done, "method": method.name, **values,
-                       "lr": session.optimization.optimizer.param_groups[0]["lr"],
-                       "images_per_s": run.batch_size / seconds, "epoch": position["epoch"]})
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k in ("loss", "w")}
-                        | {"img/s": f"{run.batch_size / seconds:.0f}"})
+            # Log: loss and terms averaged over processes, learning rate, throughput.
+            done = step + 1
+            values = _mean_over_ranks({"loss": loss, "grad_norm": grad_norm, **terms}, dist)
+            seconds = time.perf_counter() - tic
+            if done % run.log_every == 0 or done == run.steps:
+                log.write({"step": done, "method": method.name, **values,
+                           "lr": session.optimization.optimizer.param_groups[0]["lr"],
+                           "images_per_s": run.batch_size / seconds, "epoch": position["epoch"]})
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k in ("loss", "w")}
+                            | {"img/s": f"{run.batch_size / seconds:.0f}"})
 
-        # Zero-shot check (rank 0) and checkpoint + state (all ranks gather RNG, rank 0 writes).
-        if check is not None and ((run.eval_every and done % run.eval_every == 0) or done == run.steps):
-            log.write({"step": done, "check": check()})
-        if done % run.checkpoint_every == 0 or done == run.steps:
-            save_run(output_dir, config, dist, session, step=done,
-                     data_position={"epoch": position["epoch"], "position": position["position"] + 1})
-    bar.close()
+            # Zero-shot check (rank 0) and checkpoint + state (all ranks gather RNG, rank 0 writes).
+            if check is not None and ((run.eval_every and done % run.eval_every == 0) or done == run.steps):
+                log.write({"step": done, "check": check()})
+            if done % run.checkpoint_every == 0 or done == run.steps:
+                save_run(output_dir, config, dist, session, step=done,
+                         data_position={"epoch": position["epoch"], "position": position["position"] + 1})
+    finally:
+        bar.close()
     return output_dir / "checkpoint"
 
 
 def train_or_resume(config: AlignConfig, output_dir: str | os.PathLike, home=None, *, depends_on: str = "") -> Path:
     """:func:`train`, continuing from ``DIR/state/`` when a run of the same config was killed there
-    (a finished one returns at once); a leftover run of another config is replaced.
+    (a finished one returns at once); a leftover run of another config is replaced, and so is one
+    missing ``checkpoint/`` or ``log.jsonl`` (deleted after it finished: the state cannot give
+    them back, so the run is redone).
 
     ``depends_on`` names what the config does not (e.g. the fingerprint of the world whose models
     and data its specs point to): a run made for another value is replaced, never resumed. For
@@ -105,8 +110,11 @@ def train_or_resume(config: AlignConfig, output_dir: str | os.PathLike, home=Non
     """
     output_dir = Path(output_dir)
     marker = output_dir / DEPENDS_ON_FILE
+    checkpoint = output_dir / "checkpoint"
+    recover_folder(checkpoint)
     resumable = (can_resume(output_dir / "state", config) and marker.is_file()
-                 and marker.read_text() == depends_on)
+                 and marker.read_text() == depends_on and (output_dir / "log.jsonl").is_file()
+                 and (checkpoint / CONFIG_FILE).is_file() and weights_file(checkpoint) is not None)
     if not resumable:
         shutil.rmtree(output_dir, ignore_errors=True)
         output_dir.mkdir(parents=True)
@@ -131,6 +139,8 @@ def train_step(method: Method, batch: Batch, models: Models, optimization: Optim
     grad_norm = (torch.nn.utils.clip_grad_norm_(model.visual.parameters(), optimization.grad_clip)
                  if optimization.grad_clip > 0 else torch.zeros(()))
     optimization.optimizer.step()
+    if models.teacher_mixture is not None:  # weights of the guidance learned through the same loss (RAVEN)
+        models.teacher_mixture.step(step / steps)
     if optimization.ema is not None:
         optimization.ema.update(model, step=step + 1)
     return loss, terms, grad_norm
@@ -138,10 +148,7 @@ def train_step(method: Method, batch: Batch, models: Models, optimization: Optim
 
 def _validate(config: AlignConfig, world_size: int) -> None:
     run = config.train
-    for key, value in (("train.steps", run.steps), ("train.batch_size", run.batch_size),
-                       ("train.checkpoint_every", run.checkpoint_every), ("train.log_every", run.log_every)):
-        if value < 1:
-            raise UserError(f"{key} must be >= 1, got {value}")
+    check_values(config)  # a config built in code has not been through load_config
     if run.batch_size % world_size:
         raise UserError(f"train.batch_size {run.batch_size} is not divisible by {world_size} processes")
 

@@ -12,7 +12,7 @@ CE(p, q) = -sum q log p; every loss is a mean over the batch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
@@ -20,13 +20,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..attacks import cross_entropy, feature_distance, kl_divergence
-from ..errors import unknown_name
+from ..errors import UserError, unknown_name
 
 INPUTS = {
     "labels": "ground-truth labels y [B] (only for methods defined with labels)",
     "progress": "fraction of training done, a float in [0, 1)",
     "teacher_probs": "p_T(x) [B, K], read from the cache computed once before training",
-    "teacher_entropy_median": "kappa: median over the alignment set of H(p_T(x)), a 0-d tensor",
+    "teachers_probs": "p_Tt(x) of every teacher t of ``teachers`` [B, T, K], from the cache",
+    "average_teacher_probs": "mean_t p_Tt(x) over ``teachers`` [B, K], from the cache",
+    "smoothed_teacher_probs": "p_T(x) after label propagation over a kNN graph of S0's embeddings [B, K]",
+    "teacher_weights": "RAVEN's combination weights of the teachers on the simplex [T], with gradient",
+    "pik": "P(IK)(x): the probability that the initial student already knows x's label [B], from the cache",
+    "teacher_entropy_median": "kappa: median over the alignment set of H(q0(x)), q0 the method's "
+                              "unrefined guidance at the start (``Method.entropy_source``), a 0-d tensor",
     "refined_teacher_probs": "p_T(x~), x~ = inverse_adversarial(T, x) in the refinement ball (IAR)",
     "clean_logits": "student logits on x [B, K], with gradient",
     "self_labels": "argmax of the student's logits on x [B], without gradient",
@@ -57,6 +63,7 @@ class Method:
     needs: frozenset[str]                              # keys of INPUTS the loop must provide
     loss: Callable[[Inputs], tuple[Tensor, Terms]]     # inputs -> (scalar loss, named terms to log)
     attack: Attack | None = None                       # None: the method trains on clean images only
+    entropy_source: str | None = None                  # the cached input whose entropy median is kappa
 
     def __post_init__(self):
         unknown = self.needs - set(INPUTS)
@@ -67,12 +74,40 @@ class Method:
 
 
 @dataclass
+class RavenSettings:
+    """RAVEN's learned combination of teachers (Jeon et al., NeurIPS 2025; mlbio-epfl/raven)."""
+    lr: float = 0.01             # SGD learning rate of the combination weights (same loss as the student)
+    freeze: float = 0.1          # fraction of training during which the weights stay uniform
+    agreement: float = 0.1       # fraction of training that ignores samples where the teachers' argmax differ
+
+
+@dataclass
+class GraphSettings:
+    """Graph smoothing of the teacher's soft labels (Selective W2SG; Zhou et al., 2004 propagation)."""
+    neighbours: int = 10         # k of the symmetric kNN graph over S0's normalized image embeddings
+    alpha: float = 0.5           # propagation strength: F <- alpha S F + (1 - alpha) p_T
+    iterations: int = 20         # propagation steps
+
+
+@dataclass
+class PikSettings:
+    """P(IK): where the initial student already knows the answer (Selective W2SG)."""
+    labels: int = 512            # labelled alignment images it reads (a seeded subset; no other label is read)
+    holdout: float = 0.2         # share of them held out to measure its precision and recall
+    threshold: float = 0.5       # w(x) = 1[P(IK)(x) > threshold]: the student's own label where it knows
+
+
+@dataclass
 class MethodSettings:
     name: str = "adv-w2s"        # which objective: a key of METHODS
-    eur: bool = True             # adv-w2s: entropy re-weighting w = H_T / (H_T + kappa); off: w = beta
-    iar: bool = True             # adv-w2s: teacher target on its inverse-adversarial input x~
-    beta: float = 0.5            # constant self-label weight (adv-w2s without EUR; vanilla-w2s's final weight)
-    beta_warmup: float = 0.1     # vanilla-w2s: fraction of training over which beta ramps up from 0
+    # The two hooks of the weak-to-strong objectives (adv-w2s, vanilla-w2s): see W2S_DEFAULTS for None.
+    reweighting: str | None = None  # w(x): "beta" | "eur" | "pik" (a key of REWEIGHTINGS)
+    guidance: str | None = None  # q(x): "teacher" | "iar" | "graph" | "average" | "raven" (GUIDANCES)
+    beta: float = 0.5            # the "beta" re-weighting's constant self-label weight
+    beta_warmup: float = 0.0     # fraction of training over which beta ramps up from 0 (vanilla-w2s: 0.1)
+    raven: RavenSettings = field(default_factory=RavenSettings)
+    graph: GraphSettings = field(default_factory=GraphSettings)
+    pik: PikSettings = field(default_factory=PikSettings)
     agft_temperature: float = 1.0  # AGFT: r in softmax(r * s * cos(f_S0(x), W))
     fare_warmup_steps: int = 0   # optimizer steps of FARE before the method itself (0: none)
 
@@ -90,20 +125,93 @@ def eur_weights(teacher_probs: Tensor, median: Tensor) -> Tensor:
     return h / (h + median).clamp_min(1e-12)
 
 
-def adv_w2s_loss(adv_logits: Tensor, target_probs: Tensor, self_labels: Tensor,
-                 weight: Tensor | float) -> tuple[Tensor, Terms]:
-    """mean_b[(1 - w_b) CE(p_S(x^_b), q_b) + w_b CE(p_S(x^_b), onehot(self_b))] (Adv-W2S, Eq. 4/5)."""
-    log_p = F.log_softmax(adv_logits.float(), dim=-1)
+def w2s_loss(student_logits: Tensor, target_probs: Tensor, self_labels: Tensor, weight: Tensor | float,
+             sample_weights: Tensor | None = None) -> tuple[Tensor, Terms]:
+    """The weak-to-strong objective: sum_b s_b [(1 - w_b) CE(p_S(x_b), q_b) + w_b CE(p_S(x_b), onehot(self_b))]
+    / sum_b s_b, with x = x^ (Adv-W2S, Eq. 4/5) or clean x (Burns et al., 2023).
+
+    student_logits [B, K]; target_probs q [B, K] (gradient flows into q too: RAVEN learns its weights
+    through this loss); self_labels [B]; weight w: a float or [B] in [0, 1]; sample_weights s [B]
+    (None: every sample counts 1; RAVEN's agreement schedule zeroes samples early on).
+    """
+    log_p = F.log_softmax(student_logits.float(), dim=-1)
     guided = -(target_probs.float() * log_p).sum(dim=-1)
     self_term = F.nll_loss(log_p, self_labels, reduction="none")
     weight = torch.as_tensor(weight, dtype=log_p.dtype, device=log_p.device).expand_as(guided)
-    loss = ((1 - weight) * guided + weight * self_term).mean()
+    per_sample = (1 - weight) * guided + weight * self_term
+    if sample_weights is None:
+        loss = per_sample.mean()
+    else:  # a batch whose samples all count 0 contributes a zero loss (and zero gradient)
+        loss = (sample_weights * per_sample).sum() / sample_weights.sum().clamp_min(1)
     return loss, {"guided": guided.mean(), "self": self_term.mean(), "w": weight.mean()}
 
 
-def vanilla_w2s_loss(clean_logits: Tensor, teacher_probs: Tensor, beta: float) -> tuple[Tensor, Terms]:
-    """(1 - beta) CE(p_S(x), p_T(x)) + beta CE(p_S(x), M(p_S(x))) on clean x (Burns et al., 2023)."""
-    return adv_w2s_loss(clean_logits, teacher_probs, clean_logits.detach().argmax(dim=-1), beta)
+# --- the weak-to-strong hooks: re-weighting w(x) and guidance q(x) ------------------------------
+
+def beta_weight(beta: float, warmup: float, progress: float) -> float:
+    """Constant self-label weight beta, ramped linearly from 0 over the first ``warmup`` of training."""
+    return beta * (min(1.0, progress / warmup) if warmup > 0 else 1.0)
+
+
+def pik_weights(pik: Tensor, threshold: float) -> Tensor:
+    """Selective W2SG: w = 1 where P(IK)(x) > threshold (the student keeps its own label), else 0 [B]."""
+    return (pik > threshold).float()
+
+
+def raven_combination(teachers_probs: Tensor, weights: Tensor) -> Tensor:
+    """RAVEN's guidance sum_t w_t p_Tt(x) [B, K] from teachers_probs [B, T, K] and simplex weights [T]."""
+    return (weights.to(teachers_probs.dtype)[None, :, None] * teachers_probs).sum(dim=1)
+
+
+def teachers_agree(teachers_probs: Tensor) -> Tensor:
+    """float [B]: 1 where every teacher's argmax is the same class (RAVEN's easy samples), else 0."""
+    predictions = teachers_probs.argmax(dim=-1)
+    return (predictions == predictions[:, :1]).all(dim=1).float()
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """q(x), what the student is aligned to; q0(x), its unrefined form without gradient (EUR's
+    entropy and the student attack's target); ``entropy_source``, the cached input whose entropy
+    median over the alignment set is kappa."""
+    needs: frozenset[str]
+    target: Callable[[Inputs], Tensor]
+    clean: Callable[[Inputs], Tensor]
+    entropy_source: str
+    sample_weights: Callable[[Inputs], Tensor | None] = lambda inputs: None
+    terms: Callable[[Inputs], Terms] = lambda inputs: {}
+
+
+def _cached(name: str) -> Guidance:
+    return Guidance(frozenset({name}), lambda i: i[name], lambda i: i[name], name)
+
+
+def _raven(s: MethodSettings) -> Guidance:
+    def target(inputs: Inputs) -> Tensor:
+        return raven_combination(inputs["teachers_probs"], inputs["teacher_weights"])
+
+    def sample_weights(inputs: Inputs) -> Tensor | None:
+        return teachers_agree(inputs["teachers_probs"]) if inputs["progress"] < s.raven.agreement else None
+    return Guidance(frozenset({"teachers_probs", "teacher_weights", "progress"}), target,
+                    lambda inputs: target(inputs).detach(), "average_teacher_probs", sample_weights,
+                    lambda inputs: {f"teacher_weight_{t}": w for t, w in enumerate(inputs["teacher_weights"].detach())})
+
+
+GUIDANCES: dict[str, Callable[[MethodSettings], Guidance]] = {
+    "teacher": lambda s: _cached("teacher_probs"),
+    "iar": lambda s: Guidance(frozenset({"teacher_probs", "refined_teacher_probs"}),
+                              lambda i: i["refined_teacher_probs"], lambda i: i["teacher_probs"], "teacher_probs"),
+    "graph": lambda s: _cached("smoothed_teacher_probs"),
+    "average": lambda s: _cached("average_teacher_probs"),
+    "raven": _raven,
+}
+# Each re-weighting: (inputs it declares, (inputs, q0) -> w).
+REWEIGHTINGS: dict[str, Callable[[MethodSettings], tuple[frozenset[str], Callable[[Inputs, Tensor], Any]]]] = {
+    "beta": lambda s: (frozenset({"progress"}), lambda i, q0: beta_weight(s.beta, s.beta_warmup, i["progress"])),
+    "eur": lambda s: (frozenset({"teacher_entropy_median"}), lambda i, q0: eur_weights(q0, i["teacher_entropy_median"])),
+    "pik": lambda s: (frozenset({"pik"}), lambda i, q0: pik_weights(i["pik"], s.pik.threshold)),
+}
+W2S_DEFAULTS = {"adv-w2s": ("eur", "iar"), "vanilla-w2s": ("beta", "teacher")}  # (reweighting, guidance)
 
 
 def tecoa_loss(adv_logits: Tensor, labels: Tensor) -> tuple[Tensor, Terms]:
@@ -142,24 +250,27 @@ def agft_loss(adv_logits: Tensor, target_probs: Tensor) -> tuple[Tensor, Terms]:
 
 # --- declarations: which inputs each method needs, and what its attack maximizes ---------------
 
-def _adv_w2s(s: MethodSettings) -> Method:
-    target = "refined_teacher_probs" if s.iar else "teacher_probs"
-    needs = {"teacher_probs", "adv_logits", "self_labels", target}
-    needs |= {"teacher_entropy_median"} if s.eur else set()
+def _w2s(s: MethodSettings, *, adversarial: bool) -> Method:
+    """adv-w2s (student on x^, found by PGD against q0) or vanilla-w2s (clean x), each with any
+    re-weighting and any guidance: e.g. adversarial RAVEN with EUR is adv-w2s, eur, raven."""
+    name = "adv-w2s" if adversarial else "vanilla-w2s"
+    default_reweighting, default_guidance = W2S_DEFAULTS[name]
+    reweighting = s.reweighting or default_reweighting
+    guidance_name = s.guidance or default_guidance
+    if reweighting not in REWEIGHTINGS:
+        raise unknown_name("method.reweighting", reweighting, REWEIGHTINGS)
+    if guidance_name not in GUIDANCES:
+        raise unknown_name("method.guidance", guidance_name, GUIDANCES)
+    guidance = GUIDANCES[guidance_name](s)
+    weight_needs, weight_of = REWEIGHTINGS[reweighting](s)
+    logits = "adv_logits" if adversarial else "clean_logits"
 
     def loss(inputs: Inputs):
-        weight = (eur_weights(inputs["teacher_probs"], inputs["teacher_entropy_median"]) if s.eur
-                  else s.beta)
-        return adv_w2s_loss(inputs["adv_logits"], inputs[target], inputs["self_labels"], weight)
-    # x^ maximizes CE(p_S(x + d), p_T(x)): the clean teacher's soft labels, with or without IAR.
-    return Method("adv-w2s", frozenset(needs), loss, Attack(lambda inputs: inputs["teacher_probs"]))
-
-
-def _vanilla_w2s(s: MethodSettings) -> Method:
-    def loss(inputs: Inputs):
-        ramp = min(1.0, inputs["progress"] / s.beta_warmup) if s.beta_warmup > 0 else 1.0
-        return vanilla_w2s_loss(inputs["clean_logits"], inputs["teacher_probs"], s.beta * ramp)
-    return Method("vanilla-w2s", frozenset({"clean_logits", "teacher_probs", "progress"}), loss)
+        value, terms = w2s_loss(inputs[logits], guidance.target(inputs), inputs["self_labels"],
+                                weight_of(inputs, guidance.clean(inputs)), guidance.sample_weights(inputs))
+        return value, terms | guidance.terms(inputs)
+    return Method(name, guidance.needs | weight_needs | {logits, "self_labels"}, loss,
+                  Attack(guidance.clean) if adversarial else None, entropy_source=guidance.entropy_source)
 
 
 def _tecoa(s: MethodSettings) -> Method:
@@ -189,7 +300,8 @@ def _agft(s: MethodSettings) -> Method:
 
 
 METHODS: dict[str, Callable[[MethodSettings], Method]] = {
-    "adv-w2s": _adv_w2s, "vanilla-w2s": _vanilla_w2s, "tecoa": _tecoa, "pmg-aft": _pmg_aft,
+    "adv-w2s": lambda s: _w2s(s, adversarial=True), "vanilla-w2s": lambda s: _w2s(s, adversarial=False),
+    "tecoa": _tecoa, "pmg-aft": _pmg_aft,
     "fare": _fare, "agft": _agft,
 }
 
@@ -198,6 +310,10 @@ def get_method(settings: MethodSettings) -> Method:
     """The declared method for ``settings.name``; an unknown name lists the valid ones."""
     if settings.name not in METHODS:
         raise unknown_name("method", settings.name, METHODS)
+    hooks = [key for key in ("reweighting", "guidance") if getattr(settings, key) is not None]
+    if hooks and settings.name not in W2S_DEFAULTS:
+        raise UserError(f"method.{hooks[0]} is a hook of {' and '.join(W2S_DEFAULTS)}, not of {settings.name!r}: "
+                        f"remove it or choose one of those methods")
     return METHODS[settings.name](settings)
 
 

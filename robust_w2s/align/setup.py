@@ -13,6 +13,7 @@ import timm.optim
 import timm.scheduler
 import torch
 import torch.distributed as torch_dist
+import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -23,10 +24,11 @@ from ..data import check_labels, decode_image, infer_label_schema, load_image_da
 from ..errors import UserError, unknown_name
 from ..labels import LabelSchema
 from ..layout import text_head_cache
-from ..models import eval_transform, load_model
+from ..models import eval_transform, load_model, resolve_device
 from ..zeroshot import ZeroShotClassifier
 from .config import AlignConfig, OptimSettings
-from .inputs import Models, StudentHeads, teacher_probs
+from .guidance import TeacherMixture, knn_graph, label_propagation, train_knows
+from .inputs import CACHED_INPUTS, Models, StudentHeads, teacher_probs
 from .methods import Plan, entropy
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
@@ -45,11 +47,11 @@ class Dist:
 
 def setup_distributed(device: str) -> Dist:
     """One process, or DDP under torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPU."""
-    kind = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    resolved = resolve_device(device, "train.device")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
-        return Dist(0, 1, torch.device(kind))
-    cuda = kind.startswith("cuda")
+        return Dist(0, 1, resolved)
+    cuda = resolved.type == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not torch_dist.is_initialized():
         torch_dist.init_process_group("nccl" if cuda else "gloo")
@@ -68,6 +70,14 @@ def resolve_eps(value, world_eps: float | None, key: str) -> float:
         return parse_eps(value)
     except ValueError as error:
         raise UserError(f"{key}: {error}") from None
+
+
+def _step_size(value, key: str) -> float | None:
+    """A PGD step size from the config: None (the attack's default), a number or "1/255"."""
+    try:
+        return None if value is None else parse_eps(value, upper=None)
+    except ValueError as error:
+        raise UserError(f"{key}: {str(error).replace('epsilon', 'step size')}") from None
 
 
 def resolve_precision(value: str, device: torch.device) -> str:
@@ -93,20 +103,24 @@ def attack_keywords(config: AlignConfig, plan: Plan, world_eps: float | None, de
     attack = config.attack
     precision = resolve_precision(attack.precision, device)
     student = {"eps": resolve_eps(attack.eps, world_eps, "attack.eps"), "steps": attack.steps,
-               "alpha": attack.alpha, "start_noise_std": attack.start_noise_std, "precision": precision}
+               "alpha": _step_size(attack.alpha, "attack.alpha"), "start_noise_std": attack.start_noise_std,
+               "precision": precision}
     if "refined_teacher_probs" not in plan.needs:
         return student, {}
     refine = {"eps": resolve_eps(attack.refine_eps, world_eps, "attack.refine_eps"),
-              "steps": attack.refine_steps, "alpha": attack.refine_alpha,
+              "steps": attack.refine_steps, "alpha": _step_size(attack.refine_alpha, "attack.refine_alpha"),
               "start_noise_std": attack.start_noise_std, "precision": precision}
     return student, refine
 
 
 def alignment_data(config: AlignConfig, plan: Plan, world: dict | None, home):
-    """(dataset, class names, templates, label schema or None). The label column is REMOVED unless a
-    method of the plan declares labels: methods defined without labels receive a dataset that has
-    none. Declared labels are checked against the class names before any compute (count, order,
-    range), as evaluations check them; the split read is the spec's, else ``train``."""
+    """(dataset, class names, templates, label schema or None, known labels or None). The label column
+    is REMOVED unless a method of the plan declares labels: methods defined without labels receive a
+    dataset that has none. Declared labels are checked against the class names before any compute
+    (count, order, range), as evaluations check them; the split read is the spec's, else ``train``.
+
+    A plan that declares ``pik`` reads the labels of a seeded subset of ``method.pik.labels`` rows
+    only (checked like declared labels): "known labels" is then (row indices [n], class indices [n])."""
     data = config.data
     dataset = load_image_dataset(data.dataset, home=home, prefer="train")
     if data.image_column not in dataset.column_names:
@@ -123,13 +137,24 @@ def alignment_data(config: AlignConfig, plan: Plan, world: dict | None, home):
         raise UserError(f"alignment dataset has no label column {data.label_column!r} to name its classes: "
                         f"give data.classnames")
     templates = data.templates or (world["templates"][task] if embedded else DEFAULT_TEMPLATES)
+    reads_labels = plan.needs & {"labels", "pik"}
+    if reads_labels and labels is None:
+        raise UserError(f"method {config.method.name!r} needs labels ({sorted(reads_labels)[0]}): "
+                        f"no column {data.label_column!r}")
     if "labels" in plan.needs:
-        if labels is None:
-            raise UserError(f"method {config.method.name!r} needs labels: no column {data.label_column!r}")
         check_labels(dataset, labels, classnames, data.dataset)
+    known = None
+    if "pik" in plan.needs:
+        count = config.method.pik.labels
+        if not 2 <= count <= len(dataset):
+            raise UserError(f"method.pik.labels must be in [2, {len(dataset)}] (the alignment set), got {count}")
+        rows = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.train.seed))[:count]
+        subset = dataset.select(rows.tolist()).select_columns([data.label_column])
+        check_labels(subset, labels, classnames, data.dataset)
+        known = (rows, torch.as_tensor(labels.indices(subset[data.label_column])))
     keep = [data.image_column] + ([data.label_column] if "labels" in plan.needs else [])
     dataset = dataset.remove_columns([c for c in dataset.column_names if c not in keep])
-    return dataset, list(classnames), list(templates), (labels if "labels" in plan.needs else None)
+    return dataset, list(classnames), list(templates), (labels if "labels" in plan.needs else None), known
 
 
 class PixelView(torch.utils.data.Dataset):
@@ -156,20 +181,34 @@ class PixelView(torch.utils.data.Dataset):
 def batches(view: PixelView, *, batch_size: int, seed: int, dist: Dist, start_step: int, workers: int):
     """Endless (step, batch) from ``start_step``: epoch e is DistributedSampler's permutation for
     (seed, e), cut into per-rank batches; the position is a function of the step, so resuming
-    at step k continues with exactly the batch an uninterrupted run would see."""
+    at step k continues with exactly the batch an uninterrupted run would see.
+
+    Data loading never draws from torch's global RNG: a DataLoader draws its workers' base seed
+    each time an iterator is made (every epoch, and once more on a resume, workers or not), from
+    the global RNG unless it has a generator of its own. Ours is seeded by (seed, rank, epoch), so
+    the global RNG (dropout, patch dropout in the student's forward) follows the same stream
+    whether or not the run was resumed. The items are a deterministic function of their index.
+    """
     per_rank = batch_size // dist.world_size
     sampler = DistributedSampler(range(len(view)), num_replicas=dist.world_size, rank=dist.rank,
                                  shuffle=True, seed=seed, drop_last=True)
     per_epoch = len(sampler) // per_rank
-    if per_epoch == 0:
+    if per_epoch == 0:  # raised here, not at the first batch: before the loop starts its progress bar
         raise UserError(f"batch size {batch_size} exceeds the alignment set ({len(view)} images)")
-    step = start_step
+    return _endless(view, sampler, per_rank=per_rank, per_epoch=per_epoch, step=start_step, workers=workers,
+                    seed=seed, rank=dist.rank)
+
+
+def _endless(view: PixelView, sampler: DistributedSampler, *, per_rank: int, per_epoch: int, step: int, workers: int,
+             seed: int, rank: int):
     while True:
         epoch, position = divmod(step, per_epoch)
         sampler.set_epoch(epoch)
         order = list(sampler)
         chunks = [order[i * per_rank:(i + 1) * per_rank] for i in range(position, per_epoch)]
-        for batch in DataLoader(view, batch_sampler=chunks, num_workers=workers):
+        # hash() of a tuple of ints is the same in every process and every run (no PYTHONHASHSEED)
+        loader_rng = torch.Generator().manual_seed(hash((seed, rank, epoch)) & (2 ** 63 - 1))
+        for batch in DataLoader(view, batch_sampler=chunks, num_workers=workers, generator=loader_rng):
             yield step, {"epoch": epoch, "position": position}, batch
             step, position = step + 1, position + 1
 
@@ -212,26 +251,29 @@ def _side(size) -> int:
 
 
 @torch.no_grad()
-def teacher_cache(teacher: ZeroShotClassifier, view: PixelView, dist: Dist, *, batch_size: int = 256,
-                  workers: int = 0) -> torch.Tensor:
-    """p_T(x) for every alignment image, [N, K] float32 on the CPU: the teacher is frozen, so its
-    clean outputs are computed once, before training, and read per batch (``teacher_probs``: fp32, as
-    IAR's target). Under DDP each process computes one contiguous shard and the shards are gathered,
-    so every process holds all of it."""
-    teacher.eval()
+def per_image(function, view: PixelView, dist: Dist, *, batch_size: int = 256, workers: int = 0) -> torch.Tensor:
+    """``function(pixels)`` for every alignment image, [N, ...] float32 on the CPU, once before training
+    (the teachers and S0 are frozen). Under DDP each process computes one contiguous shard and the
+    shards are gathered, so every process holds all of it."""
     shard = -(-len(view) // dist.world_size)  # ceil: every shard has the same length for all_gather
     indices = range(dist.rank * shard, min(len(view), (dist.rank + 1) * shard))
-    probs = [teacher_probs(teacher, batch["pixels"].to(dist.device))
-             for batch in DataLoader(torch.utils.data.Subset(view, indices), batch_size=batch_size,
-                                     num_workers=workers)]
-    mine = torch.cat(probs) if probs else torch.empty(0, teacher.text_head.shape[1], device=dist.device)
+    outputs = [function(batch["pixels"].to(dist.device)).float()
+               for batch in DataLoader(torch.utils.data.Subset(view, indices), batch_size=batch_size,
+                                       num_workers=workers)]
+    mine = torch.cat(outputs)
     if dist.world_size == 1:
         return mine.cpu()
-    padded = torch.zeros(shard, mine.shape[1], device=dist.device)
+    padded = torch.zeros(shard, *mine.shape[1:], device=dist.device)
     padded[:len(mine)] = mine
     shards = [torch.empty_like(padded) for _ in range(dist.world_size)]
     torch_dist.all_gather(shards, padded)
     return torch.cat(shards)[:len(view)].cpu()
+
+
+def teacher_cache(teacher: ZeroShotClassifier, view: PixelView, dist: Dist, *, workers: int = 0) -> torch.Tensor:
+    """p_T(x) for every alignment image [N, K] (``teacher_probs``: fp32, as IAR's target)."""
+    teacher.eval()
+    return per_image(lambda pixels: teacher_probs(teacher, pixels), view, dist, workers=workers)
 
 
 def median_entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -258,8 +300,10 @@ def optimizer_and_schedule(module: nn.Module, optim: OptimSettings, steps: int):
 _NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
                    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                    else {"broadcast_buffers": False})
-TEACHER_INPUTS = {"teacher_probs", "teacher_entropy_median", "refined_teacher_probs"}
 FROZEN_INPUTS = {"frozen_logits", "frozen_adv_logits", "frozen_features"}
+TEACHER_CACHES = {"teacher_probs", "smoothed_teacher_probs"}        # from ``teacher``
+TEACHERS_CACHES = {"teachers_probs", "average_teacher_probs"}      # from ``teachers``
+EMBEDDING_CACHES = {"smoothed_teacher_probs", "pik"}               # from S0's image embeddings
 
 
 @dataclass(kw_only=True)
@@ -284,6 +328,7 @@ class Session:
     tokenizer: object                        # the student's tokenizer (for the zero-shot check)
     models: Models                           # what the method's inputs are computed from
     optimization: Optimization
+    record: dict                             # what setup measured, for the log's start event (P(IK))
 
     @property
     def generators(self) -> dict[str, torch.Generator]:
@@ -291,27 +336,78 @@ class Session:
         return {"attack": self.models.attack_rng, "refine": self.models.refine_rng}
 
 
+def cached_inputs(plan: Plan) -> set[str]:
+    """The per-image caches a plan reads: its declared CACHED_INPUTS and, for EUR, kappa's source."""
+    sources = {method.entropy_source for _, method in plan.phases
+               if "teacher_entropy_median" in method.needs and method.entropy_source}
+    return (set(plan.needs) | sources) & set(CACHED_INPUTS)
+
+
+def guidance_caches(config: AlignConfig, plan: Plan, dist: Dist, *, view: PixelView, classifier: ZeroShotClassifier,
+                    known, teachers: dict[str, ZeroShotClassifier]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every per-image input the plan reads, computed once before training (the teachers and S0 are
+    frozen): ({input name: [N, ...] on the CPU}, {"pik": P(IK)'s training record} or {})."""
+    wanted, workers, settings = cached_inputs(plan), config.data.workers, config.method
+    caches: dict[str, torch.Tensor] = {}
+    if wanted & TEACHER_CACHES:
+        caches["teacher_probs"] = teacher_cache(teachers[config.teacher], view, dist, workers=workers)
+    if wanted & TEACHERS_CACHES:
+        caches["teachers_probs"] = torch.stack([teacher_cache(teachers[spec], view, dist, workers=workers)
+                                                for spec in config.teachers], dim=1)
+        caches["average_teacher_probs"] = caches["teachers_probs"].mean(dim=1)
+    record = {}
+    if wanted & EMBEDDING_CACHES:
+        classifier.eval()  # S0 = the student as it starts, without dropout
+        embeddings = per_image(lambda pixels: classifier.image_features(pixels, normalize=False), view, dist,
+                               workers=workers)
+        if "smoothed_teacher_probs" in wanted:
+            graph = settings.graph
+            try:
+                caches["smoothed_teacher_probs"] = label_propagation(
+                    knn_graph(embeddings, graph.neighbours), caches["teacher_probs"], graph.alpha, graph.iterations)
+            except ValueError as error:
+                raise UserError(str(error)) from None
+        if "pik" in wanted:
+            rows, labels = known
+            predictions = (F.normalize(embeddings[rows], dim=-1) @ classifier.text_head.float().cpu()).argmax(-1)
+            knows, record["pik"] = train_knows(embeddings[rows], predictions == labels,
+                                               holdout=settings.pik.holdout, seed=config.train.seed)
+            with torch.no_grad():
+                caches["pik"] = knows(embeddings)
+    return {name: cache for name, cache in caches.items() if name in wanted}, record
+
+
 def prepare(config: AlignConfig, plan: Plan, dist: Dist, *, world: dict | None, home) -> Session:
-    """Load data and models, compute the teacher cache, build the optimizer: one function per step."""
+    """Load data and models, compute the per-image caches, build the optimizer: one function per step."""
     # Attack radii and precision first, so that a bad one fails before anything loads.
     attack, refine = attack_keywords(config, plan, (world or {}).get("epsilon"), dist.device)
+    wanted = cached_inputs(plan)
+    if wanted & TEACHERS_CACHES and len(config.teachers) < 2:
+        raise UserError(f"method.guidance={config.method.guidance} combines teachers: give at least two "
+                        f"in `teachers` (got {config.teachers})")
 
     # Data: the alignment set, its label column removed unless a method declared labels.
-    dataset, classnames, templates, labels = alignment_data(config, plan, world, home)
+    dataset, classnames, templates, labels, known = alignment_data(config, plan, world, home)
 
-    # Models: the student's image tower trains; its text tower, the teacher and S0 stay frozen.
+    # Models: the student's image tower trains; its text tower, the teachers and S0 stay frozen.
     model, tokenizer, classifier = load_student(config.student, home=home, device=dist.device,
                                                 classnames=classnames, templates=templates,
                                                 grad_checkpointing=config.train.grad_checkpointing)
     transform = eval_transform(model, normalize=False)
     view = PixelView(dataset, transform, config.data.image_column, labels)
-    teacher = (load_teacher(config.teacher, home=home, device=dist.device, classnames=classnames,
-                            templates=templates, image_size=transform.transforms[0].size)
-               if plan.needs & TEACHER_INPUTS else None)
+    specs = ([config.teacher] if wanted & TEACHER_CACHES or "refined_teacher_probs" in plan.needs else [])
+    specs += config.teachers if wanted & TEACHERS_CACHES else []
+    teachers = {spec: load_teacher(spec, home=home, device=dist.device, classnames=classnames, templates=templates,
+                                   image_size=transform.transforms[0].size) for spec in dict.fromkeys(specs)}
     frozen = StudentHeads(load_frozen(model, classifier)) if plan.needs & FROZEN_INPUTS else None
 
-    # Teacher cache: p_T(x) of every alignment image, once (the teacher is frozen); EUR's kappa.
-    cache = teacher_cache(teacher, view, dist, workers=config.data.workers) if teacher else None
+    # Per-image caches (teacher outputs, graph smoothing, P(IK)), once; EUR's kappa.
+    caches, record = guidance_caches(config, plan, dist, view=view, classifier=classifier, known=known,
+                                     teachers=teachers)
+    sources = {method.entropy_source for _, method in plan.phases if "teacher_entropy_median" in method.needs}
+    kappa = median_entropy(caches[sources.pop()]).to(dist.device) if sources else None
+    mixture = (TeacherMixture(len(config.teachers), lr=config.method.raven.lr, freeze=config.method.raven.freeze,
+                              device=dist.device) if "teacher_weights" in plan.needs else None)
 
     # Optimizer, schedule and EMA; DDP wraps the student only (attacks use the plain module).
     heads = StudentHeads(classifier)
@@ -323,11 +419,10 @@ def prepare(config: AlignConfig, plan: Plan, dist: Dist, *, world: dict | None, 
     # Attack starts are drawn on the training device: a CPU draw of a ViT-L batch costs ~0.1 s.
     seed = config.train.seed * 1000 + 2 * dist.rank
     models = Models(
-        student=student, student_plain=heads, frozen=frozen, teacher=teacher, teacher_cache=cache,
-        entropy_median=median_entropy(cache).to(dist.device) if cache is not None else None,
-        attack=attack, refine=refine,
+        student=student, student_plain=heads, frozen=frozen, teacher=teachers.get(config.teacher),
+        caches=caches, entropy_median=kappa, teacher_mixture=mixture, attack=attack, refine=refine,
         attack_rng=torch.Generator(dist.device).manual_seed(seed + 1),
         refine_rng=torch.Generator(dist.device).manual_seed(seed + 2))
     optimization = Optimization(model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
                                 grad_clip=config.optim.grad_clip)
-    return Session(view=view, tokenizer=tokenizer, models=models, optimization=optimization)
+    return Session(view=view, tokenizer=tokenizer, models=models, optimization=optimization, record=record)

@@ -5,10 +5,16 @@ so a kill between writing ``checkpoint/`` and ``state/`` can never pair weights 
 an optimizer of another:
     student.safetensors   the student's weights at ``step``
     ema.safetensors       the EMA weights (only when EMA is on)
-    train_state.pt        optimizer, scheduler, step, data position, RNG states of every rank
+    train_state.pt        optimizer, scheduler, step, data position, RNG states of every rank,
+                          RAVEN's teacher weights and their optimizer (None for other methods)
                           (tensors and plain types only: read back with ``weights_only=True``)
     config.json           the run's config, to refuse resuming with different settings
 ``log.jsonl`` is appended line by line; on resume, the lines past the resumed step are dropped.
+
+Killed at any moment, a run resumes exactly: ``checkpoint/`` and ``state/`` are each replaced in
+one atomic step (:func:`robust_w2s.checkpoints.atomic_folder`), ``state/`` holds every process's
+RNG states as they were after the step it saved (the loop draws nothing else from the global RNG:
+see ``setup.batches``), and a log line cut by the kill is dropped.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import torch
 import torch.distributed as torch_dist
 from safetensors.torch import load_file, save_file
 
-from ..checkpoints import atomic_folder, atomic_write_text, save_checkpoint
+from ..checkpoints import atomic_folder, atomic_write_text, recover_folder, save_checkpoint
 from ..errors import UserError
 from .config import AlignConfig, to_dict
 
@@ -46,7 +52,7 @@ def restore_rng(state: dict, generators: dict[str, torch.Generator]) -> None:
 
 
 def save_state(folder: Path, *, model, ema, optimizer, scheduler, step: int, data_position: dict,
-               rng: list[dict], config: dict) -> None:
+               rng: list[dict], config: dict, mixture=None) -> None:
     """Write ``folder`` (see the module docstring) atomically. ``rng`` has one entry per rank."""
     with atomic_folder(folder) as staging:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
@@ -54,8 +60,10 @@ def save_state(folder: Path, *, model, ema, optimizer, scheduler, step: int, dat
         if ema is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()},
                       staging / "ema.safetensors")
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "data_position": data_position, "rng": rng}, staging / "train_state.pt")
+        with open(staging / "train_state.pt", "wb") as handle:  # a file object: a full disk keeps its errno
+            torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "data_position": data_position, "rng": rng,
+                        "teacher_mixture": None if mixture is None else mixture.state()}, handle)
         (staging / "config.json").write_text(json.dumps(config, indent=2))
 
 
@@ -66,6 +74,7 @@ def _changed_settings(saved: dict, config: dict) -> list[str]:
 
 def can_resume(folder: Path, config: AlignConfig) -> bool:
     """Whether ``folder`` (a run's state/) holds a state that ``config`` may continue."""
+    recover_folder(folder)
     if not (folder / "train_state.pt").is_file():
         return False
     return not _changed_settings(json.loads((folder / "config.json").read_text()), to_dict(config))
@@ -73,18 +82,31 @@ def can_resume(folder: Path, config: AlignConfig) -> bool:
 
 def load_state(folder: Path, config: dict) -> dict:
     """Read ``folder`` back; a missing folder or a config that changed the trajectory is a UserError."""
+    recover_folder(folder)
     if not (folder / "train_state.pt").is_file():
         raise UserError(f"--resume: no training state in {folder} (start without --resume)")
-    saved = json.loads((folder / "config.json").read_text())
+    try:
+        saved = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise _damaged(folder, error) from None
     changed = _changed_settings(saved, config)
     if changed:
         raise UserError(f"--resume with a different config: {changed[0]} was "
                         f"{_lookup(saved, changed[0])!r}, now {_lookup(config, changed[0])!r}")
-    state = torch.load(folder / "train_state.pt", weights_only=True, map_location="cpu")
-    state["student"] = load_file(folder / "student.safetensors")
-    if (folder / "ema.safetensors").is_file():
-        state["ema"] = load_file(folder / "ema.safetensors")
+    try:
+        state = torch.load(folder / "train_state.pt", weights_only=True, map_location="cpu")
+        state["student"] = load_file(folder / "student.safetensors")
+        if (folder / "ema.safetensors").is_file():
+            state["ema"] = load_file(folder / "ema.safetensors")
+    except Exception as error:  # torch and safetensors raise several types for truncated files
+        raise _damaged(folder, error) from None
     return state
+
+
+def _damaged(folder: Path, error: Exception) -> UserError:
+    """The one-line error for a state folder that was edited or damaged after its atomic write."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+    return UserError(f"--resume: {folder} is damaged ({type(error).__name__}: {reason}); start without --resume")
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -117,6 +139,8 @@ def restore(folder: Path, config: AlignConfig, dist, session) -> int:
     optimization.scheduler.load_state_dict(state["scheduler"])
     if optimization.ema is not None:
         optimization.ema.module.load_state_dict(state["ema"])
+    if session.models.teacher_mixture is not None:
+        session.models.teacher_mixture.load(state["teacher_mixture"])
     restore_rng(state["rng"][dist.rank], session.generators)
     return state["step"]
 
@@ -130,25 +154,29 @@ def save_run(output_dir: Path, config: AlignConfig, dist, session, *, step: int,
     if dist.is_main:
         optimization = session.optimization
         extra = {"method": config.method.name, "step": step, "config": to_dict(config)}
+        mixture = session.models.teacher_mixture
+        if mixture is not None:  # RAVEN's learned weights, by teacher spec
+            extra["teacher_weights"] = dict(zip(config.teachers, mixture.weights.tolist()))
         save_checkpoint(optimization.exported, output_dir / "checkpoint", extra=extra)
         save_state(output_dir / "state", model=optimization.model,
                    ema=None if optimization.ema is None else optimization.ema.module,
                    optimizer=optimization.optimizer, scheduler=optimization.scheduler, step=step,
-                   data_position=data_position, rng=rng, config=to_dict(config))
+                   data_position=data_position, rng=rng, config=to_dict(config), mixture=mixture)
     if dist.world_size > 1:
         torch_dist.barrier()
 
 
 class RunLog:
     """log.jsonl, appended line by line. On resume, lines past the resumed step are dropped first:
-    the steps after the last state were lost with the kill and run again."""
+    the steps after the last state were lost with the kill and run again; so is a last line the
+    kill cut short (every line ends with a newline once written)."""
 
     def __init__(self, path: Path, start: int, enabled: bool, fresh: bool):
         self.path, self.enabled = path, enabled
         if not enabled:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        lines = [] if fresh or not path.is_file() else path.read_text().splitlines()
+        lines = [] if fresh or not path.is_file() else path.read_text().split("\n")[:-1]
         kept = [line for line in lines if json.loads(line).get("step", 0) <= start]
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 

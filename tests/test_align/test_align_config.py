@@ -17,17 +17,18 @@ def test_every_shipped_config_loads_and_embedded_ones_share_one_budget():
     budgets = {(c.train.steps, c.train.batch_size, c.attack.steps, c.attack.eps, c.optim.lr, c.student, c.teacher)
                for c in configs.values()}
     assert len(budgets) == 1
-    assert (configs["adv-w2s-base"].method.eur, configs["adv-w2s-base"].method.iar) == (False, False)
-    assert (configs["adv-w2s-eur"].method.eur, configs["adv-w2s-iar"].method.iar) == (True, True)
+    hooks = {name: (c.method.reweighting, c.method.guidance) for name, c in configs.items()}
+    assert (hooks["adv-w2s-base"], hooks["adv-w2s-eur"]) == (("beta", "teacher"), ("eur", "teacher"))
+    assert (hooks["adv-w2s-iar"], hooks["adv-w2s"]) == (("beta", "iar"), ("eur", "iar"))
     paper = load_config(CONFIGS / "paper" / "adv-w2s.yaml")
     assert (paper.attack.eps, paper.attack.steps, paper.attack.alpha) == ("2/255", 10, "1/255")
     assert paper.student.startswith("ViT-L-14") and paper.teacher.startswith("ViT-B-32")
 
 
 def test_overrides_are_typed():
-    config = load_config(None, ["optim.lr=1e-4", "method.eur=false", "attack.eps=2/255", "train.steps=7",
+    config = load_config(None, ["optim.lr=1e-4", "method.raven.lr=0.5", "attack.eps=2/255", "train.steps=7",
                                 "check.tasks=[shape]", "attack.alpha=0.01"])
-    assert config.optim.lr == 1e-4 and config.method.eur is False and config.attack.eps == "2/255"
+    assert config.optim.lr == 1e-4 and config.method.raven.lr == 0.5 and config.attack.eps == "2/255"
     assert config.train.steps == 7 and config.check.tasks == ["shape"] and config.attack.alpha == 0.01
 
 
@@ -36,7 +37,8 @@ def test_overrides_are_typed():
     ("mehtod.name=fare", "did you mean method?"),
     ("train.steps=abc", "'train.steps': expected int, got 'abc'"),
     ("train.steps=1.5", "expected int"),
-    ("method.eur=3", "expected bool"),
+    ("method.guidance=3", "expected str or null"),
+    ("method.raven.lrr=3", "did you mean method.raven.lr"),
     ("optim.lr=fast", "expected float"),
     ("train=3", "is a section"),
     ("novalue", "expected key=value"),

@@ -48,12 +48,12 @@ def test_iar_lowers_the_teachers_ce_to_its_own_prediction_within_its_ball(world_
     probs = teacher_cache(teacher, view, Dist(0, 1, torch.device("cpu")))
     images = torch.stack([view[i]["pixels"] for i in range(32)])
     eps = 4 / 255
-    models = Models(student=None, student_plain=None, frozen=None, teacher=teacher, teacher_cache=probs,
+    models = Models(student=None, student_plain=None, frozen=None, teacher=teacher, caches={"teacher_probs": probs},
                     entropy_median=None, attack={},
                     refine={"eps": eps, "steps": 3, "alpha": eps / 2, "start_noise_std": 0.001},
                     attack_rng=torch.Generator(), refine_rng=torch.Generator().manual_seed(0))
-    method = M.get_method(M.MethodSettings(iar=True))
-    inputs = StepInputs(method, Batch(images, None, probs), models, 0.0)
+    method = M.get_method(M.MethodSettings(guidance="iar"))
+    inputs = StepInputs(method, Batch(images, None, {"teacher_probs": probs}), models, 0.0)
     refined = inputs["refined_teacher_probs"]
     prediction = probs.argmax(dim=1)
     before = -(probs.log().gather(1, prediction[:, None])).sum()
@@ -83,7 +83,7 @@ def test_declared_labels_are_checked_and_mapped_before_training(world_home, tmp_
     spec = f"local:{tmp_path / 'one_based'}"
     with pytest.raises(UserError, match="label 3 .* out of range for 3 class names"):  # read as 0-based
         alignment_data(load_config(None, [f"data.dataset={spec}", "data.classnames=[a,b,c]"]), plan, None, world_home)
-    dataset, names, _, labels = alignment_data(
+    dataset, names, _, labels, _ = alignment_data(
         load_config(None, [f"data.dataset={spec}", "data.classnames=[z,a,b,c]"]), plan, None, world_home)
     assert len(dataset) == 4, "alignment reads the train split"
     view = PixelView(dataset, lambda image: torch.zeros(1), "image", labels)

@@ -10,10 +10,10 @@ from robust_w2s.errors import UserError
 LN2, LN3 = math.log(2), math.log(3)
 
 
-def test_adv_w2s_loss_by_hand():
+def test_w2s_loss_by_hand():
     adv = torch.tensor([[0.0, 0.0], [LN3, 0.0]])          # p = [.5, .5], [.75, .25]
     target = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
-    loss, terms = M.adv_w2s_loss(adv, target, torch.tensor([0, 0]), torch.tensor([0.5, 0.25]))
+    loss, terms = M.w2s_loss(adv, target, torch.tensor([0, 0]), torch.tensor([0.5, 0.25]))
     first = 0.5 * LN2 + 0.5 * LN2
     second = 0.75 * 0.5 * math.log(16 / 3) + 0.25 * math.log(4 / 3)
     assert loss.item() == pytest.approx((first + second) / 2, rel=1e-6)
@@ -33,7 +33,7 @@ def test_eur_weights_are_entropy_over_entropy_plus_median_in_unit_interval():
 
 
 def test_adv_w2s_method_wires_eur_iar_and_attacks_against_the_clean_teacher():
-    settings = M.MethodSettings(name="adv-w2s", eur=True, iar=True)
+    settings = M.MethodSettings(name="adv-w2s")  # defaults: EUR and IAR
     method = M.get_method(settings)
     assert method.needs == {"teacher_probs", "teacher_entropy_median", "refined_teacher_probs",
                             "adv_logits", "self_labels"}
@@ -41,19 +41,21 @@ def test_adv_w2s_method_wires_eur_iar_and_attacks_against_the_clean_teacher():
               "refined_teacher_probs": torch.tensor([[0.6, 0.4], [1.0, 0.0]]),
               "adv_logits": torch.tensor([[0.3, -0.2], [1.0, 2.0]]), "self_labels": torch.tensor([1, 0])}
     w = M.eur_weights(inputs["teacher_probs"], inputs["teacher_entropy_median"])
-    expected, _ = M.adv_w2s_loss(inputs["adv_logits"], inputs["refined_teacher_probs"], inputs["self_labels"], w)
+    expected, _ = M.w2s_loss(inputs["adv_logits"], inputs["refined_teacher_probs"], inputs["self_labels"], w)
     assert method.loss(inputs)[0].item() == pytest.approx(expected.item())
     assert method.attack.target(inputs) is inputs["teacher_probs"]  # x^ against p_T(x), not p_T(x~)
-    base = M.get_method(M.MethodSettings(eur=False, iar=False, beta=0.3))
-    assert base.needs == {"teacher_probs", "adv_logits", "self_labels"}
-    expected, _ = M.adv_w2s_loss(inputs["adv_logits"], inputs["teacher_probs"], inputs["self_labels"], 0.3)
+    base = M.get_method(M.MethodSettings(reweighting="beta", guidance="teacher", beta=0.3))
+    assert base.needs == {"teacher_probs", "adv_logits", "self_labels", "progress"}
+    inputs["progress"] = 0.0
+    expected, _ = M.w2s_loss(inputs["adv_logits"], inputs["teacher_probs"], inputs["self_labels"], 0.3)
     assert base.loss(inputs)[0].item() == pytest.approx(expected.item())
 
 
 def test_vanilla_w2s_by_hand_with_beta_warmup():
     method = M.get_method(M.MethodSettings(name="vanilla-w2s", beta=0.5, beta_warmup=0.1))
     assert method.attack is None
-    inputs = {"clean_logits": torch.tensor([[LN3, 0.0]]), "teacher_probs": torch.tensor([[0.2, 0.8]])}
+    inputs = {"clean_logits": torch.tensor([[LN3, 0.0]]), "teacher_probs": torch.tensor([[0.2, 0.8]]),
+              "self_labels": torch.tensor([0])}
     guided, self_ce = -(0.2 * math.log(0.75) + 0.8 * math.log(0.25)), -math.log(0.75)
     for progress, beta in ((0.05, 0.25), (0.5, 0.5)):
         loss, _ = method.loss({**inputs, "progress": progress})

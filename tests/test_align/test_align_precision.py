@@ -65,7 +65,7 @@ def test_iar_target_and_cached_target_are_computed_at_one_precision(world_home, 
     session, method, batch = _session(world_home, tiny_config, "attack.refine_steps=0", "attack.start_noise_std=0")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         refined = StepInputs(method, batch, session.models, 0.0)["refined_teacher_probs"]
-    assert refined.dtype == torch.float32 and torch.equal(refined, batch.teacher_probs)
+    assert refined.dtype == torch.float32 and torch.equal(refined, batch.cached["teacher_probs"])
 
 
 def test_activation_checkpointing_recomputes_the_tower_and_leaves_gradients_unchanged(world_home, tiny_config):

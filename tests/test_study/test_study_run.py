@@ -4,9 +4,12 @@ import json
 
 import pytest
 
+import robust_w2s.study.plan as study_plan
+from robust_w2s.study.plan import TABLE_D_METHODS
 import robust_w2s.study.run as study_run
 from robust_w2s.align import load_config
 from robust_w2s.align.config import to_dict
+from robust_w2s.checkpoints import WEIGHTS_FILE
 from robust_w2s.errors import UserError
 from robust_w2s.layout import WORLD_MODELS
 from robust_w2s.study.plan import QUICK, RUNS, run_overrides
@@ -14,8 +17,10 @@ from robust_w2s.study.run import EvalJob, TrainJob, fingerprint, plan_jobs
 
 TINY_STUDY = dataclasses.replace(
     QUICK, overrides=("train.steps=2", "train.batch_size=16", "train.checkpoint_every=2", "attack.steps=1",
-                      "attack.refine_steps=1", "optim.warmup_steps=1"),
+                      "attack.refine_steps=1", "optim.warmup_steps=1", "method.pik.labels=32",
+                      "method.graph.neighbours=4"),
     n_eval=6, n_autoattack=2, n_curve=4, curve_eps=("2/255", "4/255"), audit_samples=4)
+TABLE_D_RUNS = {name for pair in TABLE_D_METHODS for name in pair if name} - {"vanilla-w2s", "adv-w2s", "tecoa"}
 WORLD = {"fingerprint": "world-1", "epsilon": 4 / 255, "tasks": ["shape", "colour"], "alignment_task": "shape"}
 
 
@@ -26,6 +31,15 @@ def test_natural_teacher_runs_differ_from_their_robust_twin_only_in_the_teacher(
                    for name in (natural, robust)]
         assert configs[0]["teacher"] == "embedded:weak" and configs[1]["teacher"] == "embedded:weak-robust"
         assert {**configs[0], "teacher": None} == {**configs[1], "teacher": None}
+
+
+def test_every_run_config_builds_its_method():
+    from robust_w2s.align.methods import Plan
+    for run in RUNS:
+        config = load_config(run.config_path, run_overrides(run, 0, QUICK))
+        Plan.build(config.method)  # raises for an unknown re-weighting or guidance
+        assert (len(config.teachers) >= 2) == (config.method.guidance in ("average", "raven")), run.name
+        assert config.data.dataset == f"embedded:{run.split or 'alignment'}", run.name
 
 
 def test_every_method_of_the_registry_is_in_the_study():
@@ -61,6 +75,12 @@ def test_study_runs_every_job_keeps_finished_ones_and_retries_a_failure(world_ho
         return study_run.run_study(TINY_STUDY, tmp_path / "demo", home=world_home, world_config=tiny_world_config)
 
     monkeypatch.setattr(study_run, "TABLE_B", ("strong", "adv-w2s"))  # AutoAttack: the costly part
+    # The runs of claims (a)-(d) and Table B, and one of each Table D kind (the rest repeat them on
+    # another split or variant): the default suite's budget. test_every_run_config_builds covers all.
+    table_d = ("average", "raven", "average-shifted", "raven-shifted", "selective", "adv-raven-natural-robust")
+    kept = tuple(run for run in RUNS if run.name in table_d or not (run.split or run.name in TABLE_D_RUNS))
+    monkeypatch.setattr(study_run, "RUNS", kept)
+    monkeypatch.setattr(study_plan, "RUNS", kept)
     original = TrainJob.run
 
     def fail_fare(self, home):
@@ -83,16 +103,38 @@ def test_study_runs_every_job_keeps_finished_ones_and_retries_a_failure(world_ho
     results = json.loads((report.parent / "results.json").read_text())
     tasks = json.loads((world_home / "world" / "world.json").read_text())["tasks"]
     main = {(r["model"], r["result"]["dataset"]) for r in results["records"] if r["kind"] == "main"}
-    models = [*WORLD_MODELS, *(f"{run.name}/seed0" for run in RUNS)]
+    models = [*WORLD_MODELS, *(f"{run.name}/seed0" for run in kept)]
     assert main == {(model, task) for model in models for task in tasks}
     assert all(r["result"]["n_samples"] == TINY_STUDY.n_eval for r in results["records"] if r["kind"] == "main")
     assert results["training"]["adv-w2s/seed0"]["config"]["train"]["steps"] == 2
     text = report.read_text()
-    assert all(f"**({key})" in text for key in "abcd")
+    assert all(f"**({key})" in text for key in "abcdefghi")
+    assert "| `alignment-shifted` | RAVEN | clean |" in text and "| `alignment` | Selective W2SG | clean |" in text
+    assert "cannot be tested" not in text.split("**(e)")[1].split("## Plots")[0]  # (e)-(i) had their runs
+    weights = results["training"]["raven-shifted/seed0"]["teacher_weights"]
+    assert len(weights) == 4 and sum(weights.values()) == pytest.approx(1.0)
+    assert results["training"]["selective/seed0"]["pik"]["n_labels"] == 32
+    assert {r["result"]["attack"] for r in results["records"] if r["kind"] == "main"} == {"pgd", "apgd-ce"}
 
     executed.clear()
     run_study()
     assert executed == []
+
+    # Outputs deleted after their jobs finished: exactly those jobs run again, to the same results.
+    work = tmp_path / "demo" / "work"
+    weights = work / "runs" / "fare" / "seed0" / "checkpoint" / WEIGHTS_FILE
+    trained = weights.read_bytes()
+    weights.unlink()
+    record = next(path for path in sorted((work / "eval" / "main" / "adv-w2s" / "seed0").glob("*.json"))
+                  if path.name != study_run.MARKER)
+    record.unlink()
+    report = run_study()
+    assert sorted(executed) == ["main adv-w2s/seed0", "train fare/seed0"]
+    assert weights.read_bytes() == trained and record.is_file()
+    again = json.loads((report.parent / "results.json").read_text())
+    keys = ("model", "dataset", "attack", "eps", "n_samples", "clean_acc", "robust_acc", "worst_case_acc")
+    numbers = lambda r: [[x["model"], *(x["result"][k] for k in keys)] for x in r["records"]]
+    assert numbers(again) == numbers(results)
 
 
 @pytest.mark.parametrize("arguments, named", [
