@@ -37,7 +37,8 @@ from .tasks import ALIGNMENT_SPLITS, ALIGNMENT_TASK, CORPORA, GENERATOR_VERSION,
 
 MEASURE_PGD_STEPS = 20  # the world's epsilon is calibrated with PGD-20
 RECIPES_VERSION = 2     # bump when a recipe changes what it trains: cached stages are rebuilt
-# The world models pretrained from scratch with CLIP's contrastive loss -> their WorldConfig field.
+# The world models trained with CLIP's contrastive loss (from scratch, or continued from another one:
+# PretrainSettings.start) -> their WorldConfig field, in build order.
 PRETRAINED = {"weak": "weak", "strong": "strong", "weak-outline": "weak_outline", "weak-poor": "weak_poor"}
 STAGE_FILE = "world_stage.json"  # in each data split's folder: its fingerprint and build seconds
 
@@ -60,7 +61,7 @@ class WorldConfig:
     # Two more weak teachers (issue 14), their steps chosen by measurement (seed 0, clean accuracy on
     # outline-shape / shape): the weak CLIP pretrained 100 more steps on outline drawings reaches
     # 78.4% / 80.8% (weak: 44.4% / 90.0%; from scratch on that corpus, 500 steps reached only
-    # 45.6% / 24.2%); the weak recipe stopped at 250 steps, 18.4% / 43.4% (100 steps: 13.4% / 16.0%).
+    # 45.6% / 24.2%); the weak recipe with 250 steps, 18.4% / 43.4% (100 steps: 13.4% / 16.0%).
     weak_outline: PretrainSettings = PretrainSettings("rw2s-weak", "outline", 30_000, 100, lr=1e-3, warmup=20,
                                                       start="weak")
     weak_poor: PretrainSettings = PretrainSettings("rw2s-weak", "weak", 30_000, 250, lr=2e-3)
@@ -121,7 +122,7 @@ def pretrain_fingerprint(config: WorldConfig, name: str) -> str:
 
 def _build_models(home: Path, config: WorldConfig) -> dict[str, float]:
     """Build every missing or stale world model; return the seconds each took when it was built."""
-    for name, field_name in PRETRAINED.items():  # in order: a model continued from another comes after it
+    for name, field_name in PRETRAINED.items():
         settings = getattr(config, field_name)
         fingerprint = pretrain_fingerprint(config, name)
         if _checkpoint_record(model_dir(name, home)).get("world_fingerprint") != fingerprint:
