@@ -279,7 +279,8 @@ def tiny_study():
     from robust_w2s.study.plan import QUICK
     return dataclasses.replace(
         QUICK, overrides=("train.steps=4", "train.batch_size=16", "train.checkpoint_every=1", "attack.steps=1",
-                          "attack.refine_steps=1", "optim.warmup_steps=1"),
+                          "attack.refine_steps=1", "optim.warmup_steps=1", "method.pik.labels=32",
+                          "method.graph.neighbours=4"),
         n_eval=6, n_autoattack=2, n_curve=4, curve_eps=("2/255", "4/255"), audit_samples=4)
 
 

@@ -11,6 +11,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -177,6 +178,7 @@ def _umask() -> int:
 
 
 LOCK_FILE = ".lock"
+ORPHAN_GRACE_SECONDS = 30  # how long a dead holder's orphaned workers may keep the lock
 
 
 @contextlib.contextmanager
@@ -196,11 +198,19 @@ def exclusive_folder(path: str | os.PathLike) -> Iterator[Path]:
     path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise UserError(f"{path} is in use by another run (pid {holder} holds {path / LOCK_FILE})") from None
+        # A killed run's forked children (DataLoader workers) inherit the lock and keep it until they
+        # notice their parent died (seconds): while the recorded holder is dead, wait for them.
+        deadline = time.monotonic() + ORPHAN_GRACE_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                if holder.isdigit() and not _running(int(holder)) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+                raise UserError(f"{path} is in use by another run (pid {holder} holds {path / LOCK_FILE})") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield path

@@ -67,7 +67,7 @@ TABLE_B = ("strong", "tecoa", "pmg-aft", "fare", "agft", "adv-w2s")
 TABLE_C = ("adv-w2s-base", "adv-w2s-eur", "adv-w2s-iar", "adv-w2s")
 # Table D (RAVEN and Selective W2SG): per alignment split, the rows, each (clean variant, adversarial variant).
 TABLE_D_METHODS = (("average", "adv-average"), ("raven", "adv-raven"), ("selective", "adv-selective"),
-                   ("vanilla-w2s", "adv-w2s"), ("tecoa", None))
+                   ("vanilla-w2s", "adv-w2s"), (None, "tecoa"))
 TABLE_D_SPLITS = {"alignment": "", SHIFTED_SPLIT: "-shifted"}  # split -> suffix of its run names
 # Models whose robust accuracy is traced against epsilon (plot).
 CURVE_MODELS = ("strong", "weak", "weak-robust", "vanilla-w2s", "adv-w2s", "tecoa", "fare")

@@ -110,7 +110,7 @@ def table_d(results: Results) -> list[str]:
             for variant, group in (("clean", clean_group), ("adversarial", adversarial_group)):
                 name = group and f"{group}{suffix}"
                 if name and results.has(name):
-                    rows.append([f"`{split}`", results.label(name), variant, *_accuracy_columns(results, name)])
+                    rows.append([f"`{split}`", results.runs[name]["label"], variant, *_accuracy_columns(results, name)])
     if not rows:
         return ["This study has no Table D runs.", ""]
     return _table(header, rows)
@@ -127,7 +127,7 @@ def table_weights(results: Results) -> list[str]:
             weights = results.learned_weights(group)
             for teacher, weight in weights.items():
                 accuracy = results.split_accuracy(teacher, split)
-                rows.append([results.label(group), f"`{split}`", results.label(teacher),
+                rows.append([results.runs[group]["label"], f"`{split}`", results.label(teacher),
                              "—" if accuracy is None else f"{100 * accuracy:.1f}", f"{weight:.3f}"])
     return _table(header, rows) if rows else []
 

@@ -75,7 +75,8 @@ class Results:
         if group in WORLD_LABELS:
             return WORLD_LABELS[group]
         run = self.runs[group]
-        return run["label"] + (" ← natural teacher" if run["teacher"] == NATURAL_TEACHER else "")
+        return (run["label"] + (" ← natural teacher" if run["teacher"] == NATURAL_TEACHER else "")
+                + (f" on `{run['split']}`" if run.get("split") else ""))
 
     def _trainings(self, group: str) -> list[dict]:
         return [self.raw["training"][model] for model in self.members["main"][group]]

@@ -216,6 +216,12 @@ def _damaged_run(file: str, keep_bytes: int | None):
     return setup
 
 
+def _damaged_log(work, request):
+    """A copy of the trained run whose log's first line is not JSON (not the cut-short last line)."""
+    path = _copy_run(work, request) / "log.jsonl"
+    path.write_text("hello\n" + path.read_text())
+
+
 def _disk_fills_at_second_checkpoint(work, request):
     """safetensors' own error on a full disk (as measured on a full tmpfs), at the step-2 checkpoint."""
     real, calls = robust_w2s.checkpoints.save_file, []
@@ -321,6 +327,7 @@ CASES: dict[str, Case] = {
     "resume-other-config": Case(_copy_run),
     "resume-other-process-count": Case(_two_process_run),
     "resume-damaged-state": Case(_damaged_run("train_state.pt", keep_bytes=300)),
+    "resume-damaged-log": Case(_damaged_log),
     "resume-state-without-config": Case(_damaged_run("config.json", keep_bytes=None)),
 
     "disk-full-while-saving": Case(_disk_fills_at_second_checkpoint, _full_disk_left_the_last_checkpoint),

@@ -199,3 +199,25 @@ def test_a_folder_is_held_by_one_process_and_released_when_it_is_killed(tmp_path
         holder.wait()
     with exclusive_folder(tmp_path / "run"):
         pass
+
+
+def test_a_killed_runs_orphaned_children_do_not_block_the_next_run(tmp_path):
+    """A SIGKILLed run's forked children (DataLoader workers) keep its flock until they exit: the next
+    run waits for them while the recorded holder is dead, instead of refusing."""
+    import subprocess
+    import sys
+    import time
+
+    from robust_w2s.checkpoints import ORPHAN_GRACE_SECONDS, exclusive_folder
+
+    script = ("import os, sys, time\nfrom robust_w2s.checkpoints import exclusive_folder\n"
+              "with exclusive_folder(sys.argv[1]):\n    if os.fork() == 0:\n        time.sleep(3)\n        os._exit(0)\n"
+              "    print('held', flush=True)\n    time.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    holder.kill()
+    holder.wait()
+    started = time.monotonic()
+    with exclusive_folder(tmp_path / "run"):  # the orphan still holds it for ~3 s: waited for, not refused
+        pass
+    assert 1 < time.monotonic() - started < ORPHAN_GRACE_SECONDS

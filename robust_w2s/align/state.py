@@ -177,10 +177,22 @@ class RunLog:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         lines = [] if fresh or not path.is_file() else path.read_text().split("\n")[:-1]
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= start]
+        kept = [line for number, line in enumerate(lines, 1) if _record(path, number, line).get("step", 0) <= start]
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         if self.enabled:
             with open(self.path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+
+
+def _record(path: Path, number: int, line: str) -> dict:
+    """Line ``number`` of a run's log as a dict; a damaged one is a UserError naming it."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise UserError(f"--resume: {path} line {number} is not a log record ({line[:40]!r}); "
+                        "move the log away to resume without it")
+    return record
