@@ -113,10 +113,11 @@ def binomial_tails(n: int, p: float) -> list[float]:
     return tails
 
 
-def large_eps_breaks(correct: int, n: int, n_classes: int) -> Audit:
-    """PGD at 32/255 takes accuracy to chance or below: a one-sided binomial test.
+def large_eps_breaks(correct: int, n: int, n_classes: int, attack: str = "pgd") -> Audit:
+    """The attack at 32/255 takes accuracy to chance or below: a one-sided binomial test.
 
-    ``correct`` of ``n`` audited images stay correct under PGD at ``LARGE_EPS``. An attack that
+    ``correct`` of ``n`` audited images stay correct under ``attack`` at ``LARGE_EPS`` (each
+    evaluated attack is audited so, so that one that does nothing fails its own row). An attack that
     works leaves each image correct with probability at most chance = 1 / n_classes, so it keeps
     ``correct`` or more with probability at most P(X >= correct), X ~ Binomial(n, chance); the
     audit fails when that is below ``FALSE_ALARM_BOUND``. A masked attack that keeps most images
@@ -127,7 +128,7 @@ def large_eps_breaks(correct: int, n: int, n_classes: int) -> Audit:
     critical = next((k for k, tail in enumerate(tails) if tail < FALSE_ALARM_BOUND), None)
     rule = f"fails at >= {critical}" if critical is not None else f"cannot fail with {n} images"
     return Audit("large_eps_breaks", tails[correct] >= FALSE_ALARM_BOUND,
-                 f"PGD at {_eps(LARGE_EPS)} kept {correct}/{n} correct (chance {100 * chance:.1f}%): "
+                 f"{attack} at {_eps(LARGE_EPS)} kept {correct}/{n} correct (chance {100 * chance:.1f}%): "
                  f"P(>= {correct} | chance) = {tails[correct]:.2g}; {rule} (false-alarm bound {FALSE_ALARM_BOUND:g})")
 
 

@@ -88,7 +88,7 @@ def evaluate_benchmark(classifier: ZeroShotClassifier, dataset, benchmark: Bench
     seconds, unconfirmed = defaultdict(float), defaultdict(int)
     generators = {key: torch.Generator(device).manual_seed(settings.seed)
                   for key in [*settings.eps, audits.LARGE_EPS]}
-    audited, gradient_ok, large_eps_correct = 0, 0, 0
+    audited, gradient_ok, large_eps_correct = 0, 0, defaultdict(int)
     batches = iterate_batches(dataset, transform, settings.batch_size,
                               image_column=image_column or benchmark.image_column or "image",
                               labels=benchmark.labels, bad_images=bad_images)
@@ -124,16 +124,20 @@ def evaluate_benchmark(classifier: ZeroShotClassifier, dataset, benchmark: Bench
             take = slice(0, settings.audit_samples - audited)
             part_pixels, part_labels = pixels[take], labels[take]
             gradient_ok += audits.nonzero_gradient_mask(classifier, part_pixels, part_labels).sum().item()
-            broken = evaluation_pgd(eps=audits.LARGE_EPS, steps=settings.pgd_steps,
-                                    generator=generators[audits.LARGE_EPS])(classifier, part_pixels, part_labels)
-            large_eps_correct += _correct(classifier, broken, part_labels).sum().item()
+            # Every attack of the evaluation, not only PGD, must break the images at 32/255: an attack
+            # that does nothing (or is masked) keeps them and fails its own row's audit.
+            for name in settings.attacks:
+                broken, _ = _attack(name, classifier, part_pixels, part_labels, eps=audits.LARGE_EPS,
+                                    settings=settings, generator=generators[audits.LARGE_EPS], n_classes=n_classes)
+                large_eps_correct[name] += _correct(classifier, broken, part_labels).sum().item()
             audited += len(part_labels)
     clean_mask = torch.cat(clean)
     masks = {key: torch.cat(value) for key, value in robust.items()}
-    shared = [audits.nonzero_gradients(gradient_ok / audited),
-              audits.large_eps_breaks(large_eps_correct, audited, n_classes)]
+    shared = [audits.nonzero_gradients(gradient_ok / audited)]
+    large_eps = {name: audits.large_eps_breaks(large_eps_correct[name], audited, n_classes, attack=name)
+                 for name in settings.attacks}
     return _summarize(clean_mask, masks, distance=distance, seconds=seconds, unconfirmed=unconfirmed,
-                      settings=settings, shared=shared)
+                      settings=settings, shared=shared, large_eps=large_eps)
 
 
 def worst_case(clean_mask: torch.Tensor, masks: dict[tuple[str, float], torch.Tensor]) -> dict[float, torch.Tensor]:
@@ -152,7 +156,7 @@ def worst_case(clean_mask: torch.Tensor, masks: dict[tuple[str, float], torch.Te
 
 
 def _summarize(clean_mask, masks, *, distance, seconds, unconfirmed, settings: EvalSettings,
-               shared: list[audits.Audit]) -> dict:
+               shared: list[audits.Audit], large_eps: dict[str, audits.Audit]) -> dict:
     """The result rows: each attack's own robust accuracy, the worst case per eps and every audit."""
     worst = worst_case(clean_mask, masks)
     shared = [audits.monotone_in_eps(clean_mask, masks, worst), *shared]
@@ -163,7 +167,7 @@ def _summarize(clean_mask, masks, *, distance, seconds, unconfirmed, settings: E
     for eps in settings.eps:
         for name in settings.attacks:
             gap, low, high = distance[name, eps]
-            row_audits = [audits.in_threat_model(gap, low, high, eps), per_eps[eps], *shared]
+            row_audits = [audits.in_threat_model(gap, low, high, eps), per_eps[eps], large_eps[name], *shared]
             rows.append({"attack": name, "eps": eps, "robust_acc": masks[name, eps].float().mean().item(),
                          "worst_case_acc": worst[eps].float().mean().item(), "seconds": seconds[name, eps],
                          "audits": {a.name: a.to_dict() for a in row_audits}})

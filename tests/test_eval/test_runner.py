@@ -74,7 +74,8 @@ def test_masked_gradients_are_flagged():
 
 
 # Fake attacks with chosen successes, patched in for the runner's `_attack`.
-FAR, FARTHER = 32 / 255, 48 / 255  # radii at which the exact attack breaks every toy image
+FAR, FARTHER = 40 / 255, 48 / 255  # radii at which the exact attack breaks every toy image (not 32/255:
+# that is the large-eps audit's radius, where these fakes break every image)
 
 
 def _identity(pixels):
@@ -109,8 +110,9 @@ def _partial_attack(breaks):
 
 def test_sound_attacks_that_disagree_per_sample_and_per_radius_pass_every_audit(monkeypatch):
     targets = {("pgd", FAR): 0, ("apgd", FAR): 1, ("pgd", FARTHER): 1, ("apgd", FARTHER): 2}
-    monkeypatch.setattr("robust_w2s.eval.runner._attack",
-                        _partial_attack(lambda name, eps, identity: identity == targets[name, eps]))
+    # At the large-eps audit's 32/255 (not in ``targets``) each breaks every image, as a sound attack does.
+    monkeypatch.setattr("robust_w2s.eval.runner._attack", _partial_attack(
+        lambda name, eps, identity: identity == targets[name, eps] if (name, eps) in targets else identity >= 0))
     model = Linear()
     dataset = _dataset(model)
     pixels = torch.stack([ToTensor()(image) for image in dataset["image"]])
@@ -154,6 +156,9 @@ def test_claimed_success_without_an_adversarial_image_cannot_lower_a_number(monk
     assert rows["apgd"]["worst_case_acc"] == rows["pgd"]["robust_acc"] < result["clean_acc"]
     clean_correct = round(result["clean_acc"] * result["n_samples"])
     assert f"apgd: {clean_correct} claimed successes not confirmed" in rows["apgd"]["audits"]["nested"]["detail"]
+    # the attack that does nothing fails its own large-eps audit; PGD's row, which works, passes it
+    assert not rows["apgd"]["audits"]["large_eps_breaks"]["passed"]
+    assert rows["pgd"]["audits"]["large_eps_breaks"]["passed"]
 
 
 def test_cascade_attacks_only_what_earlier_attacks_left_robust(monkeypatch):
