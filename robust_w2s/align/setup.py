@@ -382,9 +382,11 @@ def prepare(config: AlignConfig, plan: Plan, dist: Dist, *, world: dict | None, 
     # Attack radii and precision first, so that a bad one fails before anything loads.
     attack, refine = attack_keywords(config, plan, (world or {}).get("epsilon"), dist.device)
     wanted = cached_inputs(plan)
-    if wanted & TEACHERS_CACHES and len(config.teachers) < 2:
+    if wanted & TEACHERS_CACHES and len(set(config.teachers)) < 2:
         raise UserError(f"method.guidance={config.method.guidance} combines teachers: give at least two "
                         f"in `teachers` (got {config.teachers})")
+    if wanted & TEACHERS_CACHES and len(set(config.teachers)) < len(config.teachers):
+        raise UserError(f"`teachers` names a teacher twice ({config.teachers}): each gets one weight")
 
     # Data: the alignment set, its label column removed unless a method declared labels.
     dataset, classnames, templates, labels, known = alignment_data(config, plan, world, home)
