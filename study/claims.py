@@ -91,17 +91,22 @@ def _compare(a: Stat, b: Stat) -> tuple[float, float]:
     return 100 * (a.mean - b.mean), 100 * _beyond_noise(a, b)
 
 
+SEED_STATEMENTS = {
+    "e": "naive W2S under shift ends below its best weak supervisor",
+    "f": "RAVEN beats naive teacher averaging under shift and matches it in distribution",
+    "g": "RAVEN's learned weights favour the more accurate teachers",
+    "h": "Selective W2SG beats plain W2S from the same teacher",
+    "i": "adversarial RAVEN over a natural and a robust teacher gets the first's clean and the second's robust "
+         "accuracy",
+}
+
+
 def seed_claims(results: Results) -> list[Claim]:
     """RAVEN's and Selective W2SG's claims, and adversarial RAVEN over a natural and a robust teacher."""
     needed = ("average-shifted", "raven-shifted", "raven", "average", "selective", "adv-raven-natural-robust")
     if not all(results.has(group) for group in needed):
         return [Claim(key, statement, "cannot be tested", "this study has no Table D runs.")
-                for key, statement in (("e", "naive W2S under shift ends below its best weak supervisor"),
-                                       ("f", "RAVEN beats naive teacher averaging under shift and matches it in distribution"),
-                                       ("g", "RAVEN's learned weights favour the more accurate teachers"),
-                                       ("h", "Selective W2SG beats plain W2S from the same teacher"),
-                                       ("i", "adversarial RAVEN over a natural and a robust teacher gets the first's "
-                                             "clean and the second's robust accuracy"))]
+                for key, statement in SEED_STATEMENTS.items()]
     zs = "zero-shot"
     clean = lambda group: results.stat(group, "clean", zs)  # noqa: E731
     robust = lambda group: results.stat(group, "worst", zs)  # noqa: E731
@@ -113,7 +118,7 @@ def seed_claims(results: Results) -> list[Claim]:
     naive = clean("average-shifted")
     gap, noise = _compare(naive, clean(best))
     found.append(Claim(
-        "e", "naive W2S under shift ends below its best weak supervisor",
+        "e", SEED_STATEMENTS["e"],
         "holds" if gap < -noise else "partly" if gap < 0 else "does not hold",
         f"aligned on `{SHIFTED_SPLIT}`, zero-shot clean: naive average student {naive}, best teacher "
         f"({results.label(best)}) {clean(best)}: {gap:+.1f} points (noise ±{noise:.1f})."))
@@ -122,7 +127,7 @@ def seed_claims(results: Results) -> list[Claim]:
     shifted, noise_s = _compare(clean("raven-shifted"), clean("average-shifted"))
     in_dist, noise_i = _compare(clean("raven"), clean("average"))
     found.append(Claim(
-        "f", "RAVEN beats naive teacher averaging under shift and matches it in distribution",
+        "f", SEED_STATEMENTS["f"],
         "holds" if shifted > noise_s and in_dist >= -noise_i else "partly" if shifted > 0 and in_dist >= -noise_i
         else "does not hold",
         f"zero-shot clean, RAVEN − naive average: {shifted:+.1f} points on `{SHIFTED_SPLIT}` (noise ±{noise_s:.1f}; "
@@ -145,7 +150,7 @@ def seed_claims(results: Results) -> list[Claim]:
     verdict = ("cannot be tested" if not agreements else
                "holds" if all(top and rho > 0 for top, rho in agreements) else
                "partly" if any(rho > 0 for _, rho in agreements) else "does not hold")
-    found.append(Claim("g", "RAVEN's learned weights favour the more accurate teachers", verdict,
+    found.append(Claim("g", SEED_STATEMENTS["g"], verdict,
                        "mean learned weight over seeds against the teacher's clean accuracy on the alignment split: "
                        + "; ".join(parts) + "."))
 
@@ -155,7 +160,7 @@ def seed_claims(results: Results) -> list[Claim]:
     better = [d > n for d, n in ((d_id, n_id), (d_zs, n_zs))]
     pik = results.pik("selective")
     found.append(Claim(
-        "h", "Selective W2SG beats plain W2S from the same teacher",
+        "h", SEED_STATEMENTS["h"],
         "holds" if all(better) else "partly" if any(better) or min(d_id, d_zs) > 0 else "does not hold",
         f"clean accuracy, Selective W2SG − vanilla W2S: ID {d_id:+.1f} (noise ±{n_id:.1f}), zero-shot {d_zs:+.1f} "
         f"(noise ±{n_zs:.1f}) points. P(IK) on its held-out labelled images: {pik}."))
@@ -167,8 +172,7 @@ def seed_claims(results: Results) -> list[Claim]:
     both = [d_clean >= -n_clean, d_robust >= -n_robust]
     weights = results.learned_weights(mix)
     found.append(Claim(
-        "i", "adversarial RAVEN over a natural and a robust teacher gets the first's clean and the second's "
-             "robust accuracy",
+        "i", SEED_STATEMENTS["i"],
         "holds" if all(both) else "partly" if any(both) else "does not hold",
         f"zero-shot, the learned mix {clean(mix)} clean / {robust(mix)} robust; adversarial W2S from the natural "
         f"teacher alone {clean('adv-w2s-base-natural')} clean ({d_clean:+.1f}, noise ±{n_clean:.1f}), from the robust "

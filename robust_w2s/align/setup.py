@@ -336,11 +336,15 @@ class Session:
         return {"attack": self.models.attack_rng, "refine": self.models.refine_rng}
 
 
+def entropy_sources(plan: Plan) -> set[str]:
+    """The cached inputs whose entropy median is kappa, for the plan's methods that declare EUR."""
+    return {method.entropy_source for _, method in plan.phases
+            if "teacher_entropy_median" in method.needs and method.entropy_source}
+
+
 def cached_inputs(plan: Plan) -> set[str]:
     """The per-image caches a plan reads: its declared CACHED_INPUTS and, for EUR, kappa's source."""
-    sources = {method.entropy_source for _, method in plan.phases
-               if "teacher_entropy_median" in method.needs and method.entropy_source}
-    return (set(plan.needs) | sources) & set(CACHED_INPUTS)
+    return (set(plan.needs) | entropy_sources(plan)) & set(CACHED_INPUTS)
 
 
 def guidance_caches(config: AlignConfig, plan: Plan, dist: Dist, *, view: PixelView, classifier: ZeroShotClassifier,
@@ -406,7 +410,7 @@ def prepare(config: AlignConfig, plan: Plan, dist: Dist, *, world: dict | None, 
     # Per-image caches (teacher outputs, graph smoothing, P(IK)), once; EUR's kappa.
     caches, record = guidance_caches(config, plan, dist, view=view, classifier=classifier, known=known,
                                      teachers=teachers)
-    sources = {method.entropy_source for _, method in plan.phases if "teacher_entropy_median" in method.needs}
+    sources = entropy_sources(plan)
     kappa = median_entropy(caches[sources.pop()]).to(dist.device) if sources else None
     mixture = (TeacherMixture(len(config.teachers), lr=config.method.raven.lr, freeze=config.method.raven.freeze,
                               device=dist.device) if "teacher_weights" in plan.needs else None)
