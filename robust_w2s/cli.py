@@ -146,9 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the reference study: every method on the embedded world, evaluated, one report",
         description="Build or reuse the embedded world, train every method and ablation of the study "
                     "(vanilla and adversarial W2S from the natural and the robust weak teacher, Adv-W2S "
-                    "and its ablations, TeCoA, PMG-AFT, FARE, AGFT) for each seed, evaluate every model "
-                    "on every task (clean, PGD-20, standard AutoAttack for the main defences, an epsilon "
-                    "curve) with the soundness audits, and write results.md, results.json and plots. "
+                    "and its ablations, TeCoA, PMG-AFT, FARE, AGFT, and Table D: multi-teacher averaging, "
+                    "RAVEN and Selective W2SG, clean and adversarial, on the alignment split and the "
+                    "shifted one) for each seed, evaluate every model on every task (clean, PGD-20 then "
+                    "APGD-CE on the images PGD-20 left, standard AutoAttack for the Table B defences, an "
+                    "epsilon curve) with the soundness audits, and write results.md, results.json and plots. "
                     "Finished jobs are kept: a killed or repeated demo redoes only what is missing.")
     demo.add_argument("--quick", action="store_true", help="a smaller but complete study: one seed, 30 "
                                                            "training steps, fewer images (minutes)")

@@ -97,7 +97,7 @@ def table_pgr(results: Results) -> list[str]:
                 cells.append(f"n/a (gap {100 * gap:+.1f})" if value is None else
                              f"{value.mean:.2f} ± {value.std:.2f}" if len(value.values) > 1 else f"{value.mean:.2f}")
         teacher = "natural" if run["teacher"] == NATURAL_TEACHER else "robust"
-        rows.append([run["label"], teacher, *cells])
+        rows.append([results.label(group).removesuffix(" ← natural teacher"), teacher, *cells])
     return _table(header, rows)
 
 
@@ -234,7 +234,7 @@ def build_markdown(raw: dict) -> str:
         "## Performance gap recovered",
         "",
         "PGR = (student − weak teacher) / (TeCoA ceiling − weak teacher), per seed against the same seed's "
-        f"ceiling. Where the ceiling is less than {100 * MIN_PGR_GAP:.0f} points above the teacher the ratio is "
+        f"ceiling, TeCoA with labels on the split the student aligned on. Where the ceiling is less than {100 * MIN_PGR_GAP:.0f} points above the teacher the ratio is "
         "noise and is shown as n/a with the gap.",
         "",
         *table_pgr(results),

@@ -138,11 +138,14 @@ class Results:
 
 
 def pgr(results: Results, group: str, metric: str, scope: str) -> tuple[Stat | None, float]:
-    """PGR = (student - teacher) / (ceiling - teacher) per seed (ceiling: TeCoA, same seed);
-    (None, gap) when the ceiling is not at least MIN_PGR_GAP above the teacher on some seed."""
-    teacher = results.stat("weak" if results.runs[group]["teacher"] == NATURAL_TEACHER else "weak-robust",
-                           metric, scope).mean
-    students, ceilings = results.per_seed(group, metric, scope), results.per_seed(CEILING, metric, scope)
+    """PGR = (student - teacher) / (ceiling - teacher) per seed (ceiling: TeCoA with labels on the
+    student's alignment split, same seed); (None, gap) when the ceiling is not at least MIN_PGR_GAP
+    above the teacher on some seed."""
+    run = results.runs[group]
+    teacher = results.stat("weak" if run["teacher"] == NATURAL_TEACHER else "weak-robust", metric, scope).mean
+    ceiling = next(name for name, other in results.runs.items()
+                   if other["config"] == CEILING and other.get("split", "") == run.get("split", ""))
+    students, ceilings = results.per_seed(group, metric, scope), results.per_seed(ceiling, metric, scope)
     gaps = [ceiling - teacher for ceiling in ceilings]
     if min(gaps) < MIN_PGR_GAP:
         return None, statistics.fmean(gaps)

@@ -117,6 +117,13 @@ def test_pgr_of_a_natural_teacher_run_is_against_the_natural_teacher():
     assert value.mean == pytest.approx((0.4 - 0.2) / (0.6 - 0.2))
 
 
+def test_pgr_of_a_shifted_run_is_against_tecoa_on_the_same_split():
+    results = Results(fake_results({"weak-robust": (0.4, 0.3), "tecoa": (0.8, 0.5), "tecoa-shifted": (0.6, 0.5),
+                                    "adv-w2s-shifted": (0.5, 0.4)}))
+    value, _ = pgr(results, "adv-w2s-shifted", "clean", "ID")
+    assert value.mean == pytest.approx((0.5 - 0.4) / (0.6 - 0.4))  # not (0.8 - 0.4): TeCoA on the other split
+
+
 @pytest.mark.parametrize("vanilla, verdict", [(0.15, "holds"), (0.18, "does not hold"), (0.05, "holds")])
 def test_claim_a_is_the_share_of_the_teachers_advantage(vanilla, verdict):
     # strong 0.10, teacher 0.28: the student gains (vanilla - 0.10) / 0.18 of the teacher's advantage
