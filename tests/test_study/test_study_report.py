@@ -208,6 +208,10 @@ def test_seed_claims_h_and_i():
     assert _claim(fake_results(mix | {"adv-raven-natural-robust": (0.8, 0.3)}), "i").verdict == "holds"
     assert _claim(fake_results(mix | {"adv-raven-natural-robust": (0.8, 0.2)}), "i").verdict == "partly"
     assert _claim(fake_results(mix | {"adv-raven-natural-robust": (0.7, 0.2)}), "i").verdict == "does not hold"
+    # no trade-off to combine: the natural teacher's student is already as robust as the robust one's
+    no_trade_off = {"adv-w2s-base-natural": (0.8, 0.3), "adv-w2s-base": (0.6, 0.3), "adv-raven-natural-robust": (0.8, 0.3)}
+    claim = _claim(fake_results(no_trade_off), "i")
+    assert claim.verdict == "cannot be tested" and "nothing for a mix to combine" in claim.evidence
 
 
 def test_table_d_and_the_pgd_overstatement_are_in_the_report():
