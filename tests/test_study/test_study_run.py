@@ -110,7 +110,7 @@ def test_study_runs_every_job_keeps_finished_ones_and_retries_a_failure(world_ho
     text = report.read_text()
     assert all(f"**({key})" in text for key in "abcdefghi")
     assert "| `alignment-shifted` | RAVEN | clean |" in text and "| `alignment` | Selective W2SG | clean |" in text
-    assert "cannot be tested" not in text.split("**(e)")[1].split("## Plots")[0]  # (e)-(i) had their runs
+    assert "no Table D runs" not in text  # (e)-(i) had their runs
     weights = results["training"]["raven-shifted/seed0"]["teacher_weights"]
     assert len(weights) == 4 and sum(weights.values()) == pytest.approx(1.0)
     assert results["training"]["selective/seed0"]["pik"]["n_labels"] == 32
