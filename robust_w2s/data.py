@@ -260,21 +260,28 @@ def label_column_of(dataset: datasets.Dataset) -> str:
 
 
 def infer_label_schema(dataset: datasets.Dataset, column: str | None = None,
-                       classnames: Sequence[str] | None = None) -> tuple[LabelSchema, tuple[str, ...]]:
+                       classnames: Sequence[str] | None = None, *,
+                       read_labels: bool = True) -> tuple[LabelSchema, tuple[str, ...]]:
     """(schema, class names) of a dataset that no registry entry describes, from its feature type.
 
     ClassLabel: its names (or ``classnames``). Strings: each distinct string is a class, named by
     itself in sorted order (or ordered as ``classnames``). Bool and plain integers carry no names:
-    ``classnames`` is required. ``column`` defaults to :func:`label_column_of`. Raises a one-line
+    ``classnames`` is required. ``column`` defaults to :func:`label_column_of`. With
+    ``read_labels=False`` (a label-free method's alignment set) no label value is read: only the
+    column's feature type, so string labels then need ``classnames`` too. Raises a one-line
     UserError otherwise.
     """
     column = column or label_column_of(dataset)
     require_columns(dataset, column)
-    _no_missing_labels(dataset, column)
+    if read_labels:
+        _no_missing_labels(dataset, column)
     feature = dataset.features[column]
     kind = _feature_type(feature)
     if kind == "classlabel":
         return LabelSchema(column), tuple(classnames or feature.names)
+    if kind == "string" and not (read_labels or classnames):
+        raise UserError(f"column {column!r} holds string labels and this method does not read the alignment "
+                        f"set's labels, so the class names cannot come from them: give data.classnames")
     if kind == "string":
         names = tuple(classnames or sorted(set(dataset[column])))
         return LabelSchema(column, "string", ids=names), names

@@ -321,6 +321,7 @@ CASES: dict[str, Case] = {
     "classnames-with-suite": NOTHING,
     "align-no-image-column": NOTHING, "align-no-label-column": NOTHING,
     "align-no-class-names": Case(_saved("unlabelled", None)),
+    "align-string-labels-unnamed": Case(_saved("strings", ["circle", "square", "circle"], datasets.Value("string"))),
 
     "align-folder-in-use": Case(_held_by_another_run), "align-folder-is-a-file": NOTHING,
     "resume-no-state": NOTHING,

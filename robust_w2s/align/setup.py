@@ -129,8 +129,9 @@ def alignment_data(config: AlignConfig, plan: Plan, world: dict | None, home):
     task = world["alignment_task"] if embedded else None
     if embedded:
         labels, classnames = LabelSchema(data.label_column), data.classnames or world["classnames"][task]
-    elif data.label_column in dataset.column_names:
-        labels, classnames = infer_label_schema(dataset, data.label_column, data.classnames or None)
+    elif data.label_column in dataset.column_names:  # its values are read only by methods declaring labels
+        labels, classnames = infer_label_schema(dataset, data.label_column, data.classnames or None,
+                                                read_labels="labels" in plan.needs)
     elif data.classnames:
         labels, classnames = None, data.classnames
     else:

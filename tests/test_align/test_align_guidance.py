@@ -127,6 +127,28 @@ def test_pik_reads_only_its_declared_labels(tmp_path, world_home):
         alignment_data(wider, M.Plan.build(wider.method), None, world_home)
 
 
+@pytest.mark.parametrize("outside", [None, "zzz"])
+def test_label_free_methods_read_no_string_label_outside_the_pik_subset(tmp_path, world_home, outside):
+    """String labels valid only on P(IK)'s rows (elsewhere missing or an extra class): neither P(IK)
+    nor a method without labels reads them, so neither the class names nor the run change."""
+    n, settings = 40, ["method.name=vanilla-w2s", "method.pik.labels=8", "train.seed=3", "data.classnames=[a,b,c]"]
+    rows = set(torch.randperm(n, generator=torch.Generator().manual_seed(3))[:8].tolist())
+    images = [Image.new("RGB", (32, 32), (6 * i, 0, 0)) for i in range(n)]
+    labels = ["abc"[i % 3] if i in rows else outside for i in range(n)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).save_to_disk(str(tmp_path / "d"))
+    spec = f"data.dataset=local:{tmp_path / 'd'}"
+    for reweighting in ("pik", "beta"):
+        config = load_config(None, [spec, f"method.reweighting={reweighting}", *settings])
+        _, classnames, _, _, known = alignment_data(config, M.Plan.build(config.method), None, world_home)
+        assert classnames == ["a", "b", "c"]
+        assert (known is None) == (reweighting == "beta")
+    # Without data.classnames the names would have to come from the labels: refused, not read.
+    unnamed = load_config(None, [spec, "method.reweighting=beta", *settings[:3]])
+    with pytest.raises(UserError, match="data.classnames"):
+        alignment_data(unnamed, M.Plan.build(unnamed.method), None, world_home)
+
+
 def test_raven_with_eur_on_adversarial_inputs_runs_logs_weights_and_resumes_exactly(world_home, tiny_config,
                                                                                      tmp_path, monkeypatch):
     teachers = f"teachers=[{model_spec('weak')},{model_spec('strong')}]"  # two CLIPs that differ
