@@ -95,14 +95,30 @@ class Results:
         return ((self.world.get("measured") or {}).get(model, {}).get(split) or {}).get("clean_acc")
 
     def pik(self, group: str) -> str:
-        """P(IK)'s held-out precision and recall over seeds, as text."""
+        """P(IK)'s held-out precision and recall over seeds, as text, with a warning where it is no
+        better than calling every image known (recall 1 and precision the known rate)."""
         records = [training["pik"] for training in self._trainings(group)]
         parts = []
         for key in ("precision", "recall"):
             values = [r[key] for r in records if r[key] is not None]
             parts.append(f"{key} {Stat(tuple(values))}%" if values else f"{key} undefined")
-        return (", ".join(parts) + f" on {records[0]['n_holdout']} held-out of {records[0]['n_labels']} labelled "
-                f"images (it reads no other label; {Stat(tuple(r['knows_rate'] for r in records))}% of them known)")
+        knows = Stat(tuple(r["knows_rate"] for r in records))
+        text = (", ".join(parts) + f" on {records[0]['n_holdout']} held-out of {records[0]['n_labels']} labelled "
+                f"images (it reads no other label; {knows}% of them known)")
+        precision = [r["precision"] for r in records if r["precision"] is not None]
+        recall = [r["recall"] for r in records if r["recall"] is not None]
+        # Its precision not above the base rate of known images, at (almost) full recall.
+        trivial = bool(precision and recall) and (statistics.fmean(precision) - knows.mean < 0.03
+                                                  and statistics.fmean(recall) >= 0.98)
+        if trivial:
+            text += (": no better than calling every image known, so the student follows its own labels almost "
+                     "everywhere and the (graph-smoothed) teacher almost nowhere")
+        return text
+
+    @property
+    def single_seed(self) -> bool:
+        """One training seed per run: no noise estimate over seeds."""
+        return len(self.raw["study"]["settings"]["seeds"]) == 1
 
     def has(self, group: str, kind: str = "main") -> bool:
         return bool(self.members[kind].get(group))

@@ -10,6 +10,8 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UserError
+
 SIMPLEX_FLOOR = 1e-6  # RAVEN's clamp before renormalizing (mlbio-epfl/raven, ensemble.py)
 
 
@@ -67,19 +69,25 @@ class KnowsClassifier(nn.Module):
         return torch.sigmoid(self.linear(F.normalize(embeddings.float(), dim=-1)).squeeze(-1))
 
 
-def train_knows(embeddings: Tensor, knows: Tensor, *, holdout: float, seed: int,
+def train_knows(embeddings: Tensor, knows: Tensor, *, holdout: float, seed: int, threshold: float = 0.5,
                 weight_decay: float = 1e-3) -> tuple[KnowsClassifier, dict]:
     """Fit P(IK) on ``embeddings`` [n, D] of labelled images and ``knows`` [n] (bool: S0's zero-shot
     prediction equals the label), holding out a seeded ``holdout`` share to measure it.
 
     Full-batch L-BFGS on the mean logistic loss + weight_decay ||a||^2: deterministic for a seed.
-    Returns (classifier, {"n_labels", "n_train", "n_holdout", "knows_rate", "precision", "recall"});
-    precision and recall of "P(IK) > 0.5" on the held-out images (None where undefined).
+    Returns (classifier, {"n_labels", "n_train", "n_holdout", "knows_rate", "predicted_known_rate",
+    "precision", "recall"}): on the held-out images, the share P(IK) > ``threshold`` calls known and
+    its precision and recall (None where undefined; with precision equal to knows_rate and recall 1,
+    P(IK) is no better than calling every image known). Raises UserError when fewer than two
+    images are left to fit it.
     """
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(knows), generator=generator)
     n_holdout = int(round(holdout * len(knows)))
     held, train = order[:n_holdout], order[n_holdout:]
+    if len(train) < 2:
+        raise UserError(f"method.pik: {len(knows)} labels with holdout {holdout} leave {len(train)} to fit P(IK): "
+                        "need at least 2 (more method.pik.labels or a smaller method.pik.holdout)")
     classifier = KnowsClassifier(embeddings.shape[1])
     nn.init.zeros_(classifier.linear.weight)  # a convex problem: a fixed start, and no draw from the global RNG
     nn.init.zeros_(classifier.linear.bias)
@@ -95,11 +103,12 @@ def train_knows(embeddings: Tensor, knows: Tensor, *, holdout: float, seed: int,
     optimizer.step(closure)
     classifier.requires_grad_(False)
     with torch.no_grad():
-        predicted = classifier(embeddings[held]) > 0.5
+        predicted = classifier(embeddings[held]) > threshold
     actual = knows[held]
     hits = (predicted & actual).sum().item()
     stats = {"n_labels": len(knows), "n_train": len(train), "n_holdout": n_holdout,
              "knows_rate": knows.float().mean().item(),
+             "predicted_known_rate": predicted.float().mean().item() if n_holdout else None,
              "precision": hits / predicted.sum().item() if predicted.any() else None,
              "recall": hits / actual.sum().item() if actual.any() else None}
     return classifier, stats

@@ -376,7 +376,8 @@ def guidance_caches(config: AlignConfig, plan: Plan, dist: Dist, *, view: PixelV
             rows, labels = known
             predictions = (F.normalize(embeddings[rows], dim=-1) @ classifier.text_head.float().cpu()).argmax(-1)
             knows, record["pik"] = train_knows(embeddings[rows], predictions == labels,
-                                               holdout=settings.pik.holdout, seed=config.train.seed)
+                                               holdout=settings.pik.holdout, seed=config.train.seed,
+                                               threshold=settings.pik.threshold)
             with torch.no_grad():
                 caches["pik"] = knows(embeddings)
     return {name: cache for name, cache in caches.items() if name in wanted}, record

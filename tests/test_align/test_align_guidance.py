@@ -100,6 +100,11 @@ def test_pik_learns_where_the_student_knows_and_reports_held_out_precision_and_r
     assert ((classifier(embeddings) > 0.5) == knows).float().mean() > 0.9
     again, _ = train_knows(embeddings, knows, holdout=0.25, seed=0)
     assert torch.equal(again.linear.weight, classifier.linear.weight)  # deterministic for a seed
+    # The held-out figures are at the configured threshold: at 0.99 it calls fewer images known.
+    _, strict = train_knows(embeddings, knows, holdout=0.25, seed=0, threshold=0.99)
+    assert strict["predicted_known_rate"] < stats["predicted_known_rate"] and strict["recall"] < stats["recall"]
+    with pytest.raises(UserError, match="leave 0 to fit"):
+        train_knows(embeddings[:2], knows[:2], holdout=0.9, seed=0)
 
 
 def _corrupt_outside(tmp_path, keep: set[int], n=40):

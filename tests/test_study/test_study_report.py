@@ -197,6 +197,15 @@ def test_seed_claim_g_reads_the_learned_weights_against_the_teachers_accuracy():
     inverted = dict(zip(TEACHERS, (0.2, 0.25, 0.05, 0.5)))
     assert _claim(fake_results({}, weights=inverted, split_accuracy=accuracy), "g").verdict == "does not hold"
     assert _claim(fake_results({}, weights=favours), "g").verdict == "cannot be tested"  # no accuracies recorded
+    # A tie for the most accurate teacher: the verdict does not depend on which of the two is listed first.
+    tied = accuracy | {"weak-robust": 0.8}
+    for first in (0.5, 0.2):
+        weights = dict(zip(TEACHERS, (0.25, first, 0.7 - first, 0.05)))
+        assert _claim(fake_results({}, weights=weights, split_accuracy=tied), "g").verdict == "holds"
+    # The most accurate teacher on top but a weak rank correlation (+0.40): partly, not holds.
+    weak_rank = dict(zip(TEACHERS, (0.05, 0.35, 0.5, 0.1)))
+    claim = _claim(fake_results({}, weights=weak_rank, split_accuracy=accuracy), "g")
+    assert claim.verdict == "partly" and "rank correlation +0.40" in claim.evidence
 
 
 def test_seed_claims_h_and_i():
@@ -204,6 +213,17 @@ def test_seed_claims_h_and_i():
     claim = _claim(results, "h")
     assert claim.verdict == "holds" and "precision 80.0 ± 0.0%" in claim.evidence
     assert _claim(fake_results({"selective": (0.6, 0.1), "vanilla-w2s": (0.7, 0.1)}), "h").verdict == "does not hold"
+    assert "no better than calling every image known" not in claim.evidence  # precision 0.8 > known rate 0.7
+
+
+def test_claim_h_says_when_pik_calls_every_image_known_and_one_seed_has_no_noise_estimate():
+    raw = fake_results({"selective": (0.8, 0.1), "vanilla-w2s": (0.7, 0.1)}, seeds=(0,))
+    for training in raw["training"].values():
+        if training["pik"]:
+            training["pik"].update(precision=0.95, recall=1.0, knows_rate=0.95)
+    claim = _claim(raw, "h")
+    assert "no better than calling every image known" in claim.evidence
+    assert "one seed: no noise estimate" in claim.evidence and "±0.0" not in claim.evidence
     mix = {"adv-w2s-base-natural": (0.8, 0.1), "adv-w2s-base": (0.6, 0.3)}
     assert _claim(fake_results(mix | {"adv-raven-natural-robust": (0.8, 0.3)}), "i").verdict == "holds"
     assert _claim(fake_results(mix | {"adv-raven-natural-robust": (0.8, 0.2)}), "i").verdict == "partly"
