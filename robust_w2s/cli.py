@@ -314,8 +314,10 @@ def _run_demo(args) -> int:
         settings = settings.with_seeds(args.seeds)
     if args.overrides:
         from .align import load_config
+        from .study import check_runs
         load_config(None, args.overrides)  # a bad key or value fails now, not in every job
         settings = dataclasses.replace(settings, overrides=settings.overrides + tuple(args.overrides))
+        check_runs(settings)  # and so does one that a run of the study refuses
     workers = (1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)) if args.workers is None \
         else args.workers
     if workers < 1:

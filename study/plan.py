@@ -109,6 +109,21 @@ def run_overrides(run: Run, seed: int, settings: StudySettings) -> list[str]:
     return [*overrides, *settings.overrides, f"train.seed={seed}", "check.tasks=[]"]
 
 
+def check_runs(settings: StudySettings) -> None:
+    """Build every run's config and method plan with ``settings`` (its ``--set`` overrides), so that
+    an override a run refuses fails before any job starts. Raises UserError naming the run."""
+    from robust_w2s.align import Plan, load_config
+    from robust_w2s.align.setup import check_teachers
+    from robust_w2s.errors import UserError
+
+    for run in RUNS:
+        try:
+            config = load_config(run.config_path, run_overrides(run, settings.seeds[0], settings))
+            check_teachers(config, Plan.build(config.method))
+        except UserError as error:
+            raise UserError(f"run {run.name} of the study ({run.config}.yaml) refuses the overrides: {error}") from None
+
+
 @dataclass(frozen=True)
 class Model:
     """A model the study evaluates: a world model, or one seed of a run."""

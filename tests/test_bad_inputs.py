@@ -274,7 +274,7 @@ CASES: dict[str, Case] = {
     "set-lr-negative": NOTHING, "set-lr-nan": NOTHING, "set-steps-zero": NOTHING, "set-beta-above-one": NOTHING,
     "set-ema-decay-one": NOTHING, "set-attack-steps-negative": NOTHING, "set-workers-negative": NOTHING,
     "set-unknown-method": NOTHING, "set-retired-key": NOTHING, "set-unknown-guidance": NOTHING,
-    "set-one-teacher-combined": NOTHING, "set-duplicate-teachers": NOTHING, "set-pik-labels": NOTHING, "set-graph-neighbours": NOTHING,
+    "set-one-teacher-combined": NOTHING, "set-duplicate-teachers": NOTHING, "set-teachers-unused": NOTHING, "demo-set-refused-by-a-run": NOTHING, "set-pik-labels": NOTHING, "set-graph-neighbours": NOTHING,
     "set-unknown-precision": NOTHING, "set-step-size": NOTHING,
     "set-unknown-device": NOTHING, "set-absent-device": NOTHING, "set-unknown-check-task": NOTHING,
     "set-batch-too-large": NOTHING, "demo-set-checked-first": NOTHING,

@@ -133,6 +133,7 @@ LIMITS = {
     "method.beta": FRACTION, "method.beta_warmup": FRACTION, "method.agft_temperature": POSITIVE,
     "method.fare_warmup_steps": _at_least(0), "method.raven.lr": _at_least(0), "method.raven.freeze": FRACTION,
     "method.raven.agreement": FRACTION, "method.graph.iterations": _at_least(0),
+    "method.graph.neighbours": _at_least(1), "method.graph.alpha": ((lambda value: 0 <= value < 1), "in [0, 1)"),
     "method.pik.holdout": ((lambda value: 0 <= value < 1), "in [0, 1)"), "method.pik.threshold": FRACTION,
     "data.workers": _at_least(0),
     "attack.steps": _at_least(0), "attack.refine_steps": _at_least(0), "attack.start_noise_std": _at_least(0),

@@ -383,16 +383,28 @@ def guidance_caches(config: AlignConfig, plan: Plan, dist: Dist, *, view: PixelV
     return {name: cache for name, cache in caches.items() if name in wanted}, record
 
 
+def check_teachers(config: AlignConfig, plan: Plan) -> None:
+    """``teachers`` is read by the guidances that combine teachers (average, raven) and only by them:
+    there it needs two or more, each once; elsewhere it must be empty (a list the run would ignore
+    is refused). Raises UserError."""
+    combines = bool(cached_inputs(plan) & TEACHERS_CACHES)
+    if config.teachers and not combines:
+        guidance = f", guidance {config.method.guidance!r}" if config.method.guidance else ""
+        raise UserError(f"`teachers` is read only by method.guidance=average or raven, not by this run "
+                        f"(method {config.method.name!r}{guidance}): remove it, or use `teacher` for one")
+    if combines and len(set(config.teachers)) < len(config.teachers):
+        raise UserError(f"`teachers` names a teacher twice ({config.teachers}): each gets one weight")
+    if combines and len(config.teachers) < 2:
+        raise UserError(f"method.guidance={config.method.guidance} combines teachers: give at least two "
+                        f"in `teachers` (got {config.teachers})")
+
+
 def prepare(config: AlignConfig, plan: Plan, dist: Dist, *, world: dict | None, home) -> Session:
     """Load data and models, compute the per-image caches, build the optimizer: one function per step."""
     # Attack radii and precision first, so that a bad one fails before anything loads.
     attack, refine = attack_keywords(config, plan, (world or {}).get("epsilon"), dist.device)
+    check_teachers(config, plan)
     wanted = cached_inputs(plan)
-    if wanted & TEACHERS_CACHES and len(set(config.teachers)) < 2:
-        raise UserError(f"method.guidance={config.method.guidance} combines teachers: give at least two "
-                        f"in `teachers` (got {config.teachers})")
-    if wanted & TEACHERS_CACHES and len(set(config.teachers)) < len(config.teachers):
-        raise UserError(f"`teachers` names a teacher twice ({config.teachers}): each gets one weight")
 
     # Data: the alignment set, its label column removed unless a method declared labels.
     dataset, classnames, templates, labels, known = alignment_data(config, plan, world, home)
