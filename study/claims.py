@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .plan import CEILING, SHIFTED_SPLIT
+from .plan import CEILING, MIX_RUN, SHIFTED_SPLIT
 from .results import MIN_PGR_GAP, Results, Stat
 
 
@@ -112,7 +112,7 @@ SEED_STATEMENTS = {
 
 def seed_claims(results: Results) -> list[Claim]:
     """RAVEN's and Selective W2SG's claims, and adversarial RAVEN over a natural and a robust teacher."""
-    needed = ("average-shifted", "raven-shifted", "raven", "average", "selective", "adv-raven-natural-robust")
+    needed = ("average-shifted", "raven-shifted", "raven", "average", "selective", MIX_RUN)
     if not all(results.has(group) for group in needed):
         return [Claim(key, statement, "cannot be tested", "this study has no Table D runs.")
                 for key, statement in SEED_STATEMENTS.items()]
@@ -183,7 +183,7 @@ def seed_claims(results: Results) -> list[Claim]:
 
     # (i) beyond the papers: adversarial RAVEN over a natural and a robust teacher. The question
     # needs a trade-off to combine: the natural teacher's student cleaner, the robust one's more robust.
-    mix, natural, robust_only = "adv-raven-natural-robust", "adv-w2s-base-natural", "adv-w2s-base"
+    mix, natural, robust_only = MIX_RUN, "adv-w2s-base-natural", "adv-w2s-base"
     d_clean, n_clean = _compare(clean(mix), clean(natural))
     d_robust, n_robust = _compare(robust(mix), robust(robust_only))
     cleaner, c_noise = _compare(clean(natural), clean(robust_only))

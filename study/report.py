@@ -9,9 +9,8 @@ Every "±" is the standard deviation over training seeds; a model evaluated once
 """
 from __future__ import annotations
 
-import statistics
-
 import json
+import statistics
 from pathlib import Path
 
 from robust_w2s.checkpoints import atomic_write_text
@@ -19,7 +18,8 @@ from robust_w2s.errors import UserError
 from robust_w2s.eval.report import plot_eps_curves
 
 from .claims import claims
-from .plan import CEILING, CURVE_MODELS, NATURAL_TEACHER, TABLE_B, TABLE_C, TABLE_D_METHODS, TABLE_D_SPLITS
+from .plan import (CEILING, CURVE_MODELS, MIX_RUN, NATURAL_TEACHER, SEED_METHODS, TABLE_B, TABLE_C, TABLE_D_METHODS,
+                   TABLE_D_SPLITS)
 from .results import MIN_PGR_GAP, Results, pgr
 
 PLOTS = {"eps": "results-robust-vs-eps.png", "scatter": "results-clean-vs-robust.png"}
@@ -140,7 +140,7 @@ def pgd_overstatement(results: Results) -> list[str]:
     rows = []
     for group in results.members["main"]:
         pgd, worst = results.stat(group, "pgd", "all"), results.stat(group, "worst", "all")
-        rows.append([results.label(group), str(pgd), str(worst), f"{100 * (pgd.mean - worst.mean):.1f}"])
+        rows.append([results.label(group), str(pgd), str(worst), f"{results.pgd_overstatement(group):.1f}"])
     rows.sort(key=lambda row: -float(row[-1]))
     return _table(header, rows)
 
@@ -172,8 +172,7 @@ def _autoattack_gap(results: Results) -> str:
     if len(gaps) > 2:
         top = max(gaps, key=gaps.get)
         median = statistics.median(gap for group, gap in gaps.items() if group != top)
-        apgd = max(100 * (results.stat(group, "pgd", "all").mean - results.stat(group, "worst", "all").mean)
-                   for group in gaps)
+        apgd = max(results.pgd_overstatement(group) for group in gaps)
         text += (f". The gap is largest for {results.label(top)} ({gaps[top]:.1f} points; the median of the others "
                  f"is {median:.1f}; few images, one seed, no noise estimate), while adding APGD-CE to PGD-20 lowers "
                  f"none of these models by more than {apgd:.1f} points on the main images: what AutoAttack adds "
@@ -308,12 +307,11 @@ def plot_clean_vs_robust(results: Results, path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(9, 5))
     colours = plt.get_cmap("tab20").colors + plt.get_cmap("tab20b").colors  # 40: one per model of the study
-    multi_teacher = {group + suffix for pair in TABLE_D_METHODS[:3] for group in pair for suffix in TABLE_D_SPLITS.values()}
+    seed_configs = {config for pair in SEED_METHODS for config in pair} | {MIX_RUN}
     for index, group in enumerate(results.members["main"]):
         x, y = results.stat(group, "clean", "zero-shot"), results.stat(group, "worst", "zero-shot")
         run = results.runs.get(group)
-        marker = ("s" if run is None else "D" if group in multi_teacher or group.startswith("adv-raven")
-                  else "o" if run["w2s"] else "^")
+        marker = "s" if run is None else "D" if run["config"] in seed_configs else "o" if run["w2s"] else "^"
         axis.errorbar(100 * x.mean, 100 * y.mean, xerr=100 * x.std, yerr=100 * y.std, fmt=marker, capsize=2,
                       color=colours[index % len(colours)], markersize=7, label=results.label(group))
     axis.set_xlabel("zero-shot clean accuracy (%)")

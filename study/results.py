@@ -115,6 +115,10 @@ class Results:
                      "everywhere and the (graph-smoothed) teacher almost nowhere")
         return text
 
+    def pgd_overstatement(self, group: str) -> float:
+        """Points by which PGD-20 alone exceeds the worst case (PGD-20 ∪ APGD-CE), mean over every task."""
+        return 100 * (self.stat(group, "pgd", "all").mean - self.stat(group, "worst", "all").mean)
+
     @property
     def single_seed(self) -> bool:
         """One training seed per run: no noise estimate over seeds."""
