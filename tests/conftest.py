@@ -1,7 +1,20 @@
 """Shared fixtures: a tiny embedded world built once per test session (about half a minute)."""
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
+
+# The suite never writes into the user's Hugging Face caches (datasets keeps an Arrow cache of every
+# local image folder it loads, and lock files for hub ids): both point into a folder removed at exit.
+# Set before anything imports datasets or huggingface_hub, which read these variables at import.
+_HF_HOME = tempfile.mkdtemp(prefix="rw2s-tests-hf-")
+atexit.register(shutil.rmtree, _HF_HOME, True)
+for _variable in ("HF_DATASETS_CACHE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+    os.environ.pop(_variable, None)
+os.environ["HF_HOME"] = _HF_HOME
 
 import open_clip
 import pytest
