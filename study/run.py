@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import platform
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -167,9 +168,20 @@ def plan_jobs(settings: StudySettings, work: Path, world: dict) -> list[Job]:
     return jobs
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
     import torch
     torch.set_num_threads(threads)
+    # Killing the study's main process alone (SIGTERM to its PID, not Ctrl-C to the process group) would
+    # leave each worker to finish its job, while a restarted study runs the same job in the same folder.
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+
+
+def _exit_when_orphaned(parent: int, poll_seconds: float = 0.5) -> None:
+    """End this worker as soon as ``parent`` (the study's PID) is no longer its parent. Its job is lost
+    (its marker is written last, so the next study redoes it; a training resumes from its state/)."""
+    while os.getppid() == parent:
+        time.sleep(poll_seconds)
+    os._exit(1)
 
 
 def _execute(job: Job, home) -> float:
@@ -208,7 +220,7 @@ def execute(jobs: list[Job], home, workers: int) -> dict[str, str]:
         return failed
     threads = max(1, (os.cpu_count() or 1) // workers)
     pool = (futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(threads,))
+                                        initializer=_init_worker, initargs=(threads, os.getpid()))
             if workers > 1 else _InProcess())
     bar = tqdm(total=len(todo), desc="study", unit="job", dynamic_ncols=True)
     try:

@@ -1,6 +1,12 @@
 """The study's plan and runner on the tiny world: every model evaluated, finished jobs kept."""
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +154,36 @@ def test_demo_bad_input_exits_2_with_one_line(tmp_path, arguments, named):
     result = subprocess.run([sys.executable, "-m", "robust_w2s.cli", "demo", *arguments, "--home", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and named in result.stderr, result.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads a process's state from /proc")
+def test_a_worker_ends_when_the_study_process_is_killed_alone():
+    """SIGKILL to the study's PID only: its pool worker, mid-job (a 2-minute one here), must exit within
+    seconds, not finish the job alongside a restarted study (before the fix it ran on to the job's end)."""
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import concurrent.futures as futures, multiprocessing, os, time
+        from robust_w2s.study.run import _init_worker
+        pool = futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_init_worker, initargs=(1, os.getpid()))
+        print(pool.submit(os.getpid).result(), flush=True)
+        pool.submit(time.sleep, 120)
+        time.sleep(120)
+        """)], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    time.sleep(1)  # the worker is in its long job
+    assert _running(worker)
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 15
+    while _running(worker) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _running(worker)
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan's exit is reaped by whoever adopts it, maybe late)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
