@@ -5,6 +5,8 @@ only sees cached inputs and a :class:`TeacherMixture` it steps after each update
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
@@ -128,6 +130,7 @@ class TeacherMixture(nn.Module):
         self.weights = nn.Parameter(torch.full((n_teachers,), 1 / n_teachers, device=device))
         self.optimizer = torch.optim.SGD([self.weights], lr=lr)
         self.freeze = freeze
+        self.collapse_reported = False
 
     @torch.no_grad()
     def step(self, progress: float) -> None:
@@ -137,6 +140,15 @@ class TeacherMixture(nn.Module):
             self.weights.grad /= torch_dist.get_world_size()
         if progress >= self.freeze and self.weights.grad is not None:
             self.optimizer.step()
+            # The loss is a sum of cross-entropies, so w's gradient is positive: a step too large takes
+            # every weight below the floor, and renormalized they are uniform again. RAVEN's code does the
+            # same, silently; then the learned mix is plain averaging, so it is reported (once per run).
+            if (self.weights <= SIMPLEX_FLOOR).all() and not self.collapse_reported:
+                self.collapse_reported = True
+                logging.getLogger(__name__).warning(
+                    "RAVEN: one step of method.raven.lr=%g took every teacher weight to the floor %g; "
+                    "renormalized they are uniform again, so the mix is averaging: lower method.raven.lr",
+                    self.optimizer.param_groups[0]["lr"], SIMPLEX_FLOOR)
             self.weights.clamp_(min=SIMPLEX_FLOOR)
             self.weights /= self.weights.sum()
         self.optimizer.zero_grad(set_to_none=True)

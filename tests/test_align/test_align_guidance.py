@@ -54,6 +54,21 @@ def test_raven_step_by_hand_moves_weight_to_the_teacher_the_student_agrees_with(
         mixture.step(progress=0.5)
     assert SIMPLEX_FLOOR <= mixture.weights[1].item() < 1.1 * SIMPLEX_FLOOR  # clamped, then renormalized
     assert mixture.weights.sum().item() == pytest.approx(1.0)
+    assert not mixture.collapse_reported  # one weight at the floor is learning, not a collapse
+
+
+def test_raven_step_that_floors_every_weight_is_reported_once(caplog):
+    """lr so large that both weights go below the floor: they come back uniform (as in RAVEN's code),
+    and the run says so once, instead of silently training on a plain average."""
+    method = M.get_method(M.MethodSettings(name="vanilla-w2s", guidance="raven", reweighting="beta", beta=0.5,
+                                           raven=M.RavenSettings(lr=100.0, freeze=0.0, agreement=0.0)))
+    mixture = TeacherMixture(2, lr=100.0, freeze=0.0)
+    for _ in range(3):
+        method.loss(_raven_inputs(mixture))[0].backward()
+        mixture.step(progress=0.5)
+    assert torch.allclose(mixture.weights.detach(), torch.tensor([0.5, 0.5]))
+    reports = [r for r in caplog.records if "took every teacher weight to the floor" in r.getMessage()]
+    assert len(reports) == 1 and "method.raven.lr=100" in reports[0].getMessage()
 
 
 def test_raven_agreement_schedule_ignores_samples_the_teachers_disagree_on_early_only():
