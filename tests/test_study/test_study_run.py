@@ -149,8 +149,6 @@ def test_study_runs_every_job_keeps_finished_ones_and_retries_a_failure(world_ho
     (["--set", "optim.lr=fast"], "optim.lr"),
 ])
 def test_demo_bad_input_exits_2_with_one_line(tmp_path, arguments, named):
-    import subprocess
-    import sys
     result = subprocess.run([sys.executable, "-m", "robust_w2s.cli", "demo", *arguments, "--home", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and named in result.stderr, result.stderr
