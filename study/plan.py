@@ -97,7 +97,7 @@ class StudySettings:
 FULL = StudySettings()
 # A smaller but complete study: every run, table and plot, one seed, fewer steps and images.
 # Standard AutoAttack at its published iteration counts costs 5-80 s per task and model on one idle
-# CPU core (more robust images, more cost; about 17 of the full study's 128 job-minutes), so the full
+# CPU core (more robust images, more cost; 16 of the full study's 123 job-minutes, measured), so the full
 # study runs it on the first seed and the quick one on the alignment task.
 QUICK = StudySettings(seeds=(0,), overrides=("train.steps=30", "train.checkpoint_every=30"), n_eval=32,
                       n_autoattack=16, autoattack_all_tasks=False, n_curve=16, audit_samples=16, quick=True)
